@@ -1,0 +1,58 @@
+"""Crash-safe file writes.
+
+Every file certgate writes (keys, certificates, CRLs, configs it generates)
+goes through :func:`atomic_write`: the data lands in a temporary file in the
+same directory, is fsynced, then renamed over the target, and the directory is
+fsynced so the rename itself survives a power cut. A reader therefore sees the
+old file or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry change (rename, create) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees a partial file.
+
+    The file is created with ``mode`` from the start (not chmod-ed afterwards),
+    so a private key is never readable by others, not even for a moment.
+    """
+    target = Path(path)
+    directory = target.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    fsync_dir(directory)
+
+
+def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) if needed and make it 0700."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, PRIVATE_DIR_MODE)
+    return directory
