@@ -1,0 +1,110 @@
+"""The ``certgate`` command: parse arguments, call, map errors to exit codes.
+
+No logic lives here. Every :class:`~certgate.errors.CertgateError` carries
+its exit code (2 for an invalid config or usage), and is printed as one
+``certgate: ...`` block on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from certgate import __version__
+from certgate.errors import CertgateError, ConfigError
+
+
+def _load(path: Path | None) -> tuple[object, Path | None, bool]:
+    from certgate.config.loader import load_config
+    from certgate.defaults import DEFAULT_CONFIG_FILE, embedded_default
+
+    if path is not None:
+        return load_config(path), path, False
+    local = Path(DEFAULT_CONFIG_FILE)
+    if local.is_file():
+        return load_config(local), local, False
+    return embedded_default(), None, True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from certgate.config.schema import Config
+    from certgate.defaults import first_steps
+    from certgate.supervisor import supervise
+
+    config, path, embedded = _load(args.config)
+    assert isinstance(config, Config)
+
+    def ready(bound: list[tuple[str, int]]) -> None:
+        if embedded:
+            print(first_steps(config), file=sys.stderr, flush=True)
+        print("certgate: ready on " + ", ".join(f"{h}:{p}" for h, p in bound),
+              file=sys.stderr, flush=True)
+
+    return supervise(config, path, on_ready=ready)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from certgate.config.loader import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: OK ({len(config.routes)} routes, "
+          f"{len(config.listen)} listeners)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certgate",
+        description="mTLS-terminating reverse proxy with its own small private CA",
+    )
+    parser.add_argument("--version", action="version", version=f"certgate {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("CERTGATE_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve (uses ./certgate.yaml or the embedded default)")
+    run.add_argument("-c", "--config", type=Path, help="config file")
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file; exit 2 on problems")
+    check.add_argument("-c", "--config", type=Path, required=True, help="config file")
+    check.set_defaults(handler=cmd_check)
+
+    try:
+        from certgate.ca.commands import add_subcommands
+    except ImportError:  # pragma: no cover - the CA package is part of certgate
+        pass
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"certgate: {len(exc.problems)} problem(s) in the configuration",
+              file=sys.stderr)
+        return exc.exit_code
+    except CertgateError as exc:
+        print(f"certgate: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

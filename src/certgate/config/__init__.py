@@ -1,0 +1,6 @@
+"""Configuration: schema (frozen dataclasses), loader (strict YAML), check (files)."""
+
+from certgate.config.loader import load_config, load_config_text, state_dir_from_config
+from certgate.config.schema import Config
+
+__all__ = ["Config", "load_config", "load_config_text", "state_dir_from_config"]

@@ -1,0 +1,201 @@
+"""The validated configuration: frozen dataclasses, nothing here touches disk.
+
+The loader (:mod:`certgate.config.loader`) is the only way these are built from
+YAML; tests and the embedded default may build them directly. Every value has
+already been checked and normalised (hosts lowercased and IDNA-encoded,
+durations in seconds, sizes in bytes), so the runtime never re-validates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ClientAuth(enum.Enum):
+    """How much a route (or path rule) insists on a client certificate."""
+
+    REQUIRE = "require"
+    OPTIONAL = "optional"
+    OFF = "off"
+
+
+class LogFormat(enum.Enum):
+    JSON = "json"
+    COMBINED = "combined"
+
+
+class ForwardCert(enum.Enum):
+    """Whether the whole client certificate is passed to the upstream, and how."""
+
+    NONE = "none"
+    PEM = "pem"  # X-Client-Cert: URL-escaped PEM, like nginx's $ssl_client_escaped_cert
+    XFCC = "xfcc"  # X-Forwarded-Client-Cert in Envoy's format
+
+
+BUILTIN = "builtin"
+"""The word that names certgate's own CA in ``trusted_cas`` and ``crls``."""
+
+WHOAMI = "whoami"
+"""The upstream name of the built-in identity echo."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    certificates: tuple[CertificateFiles, ...] = ()
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    # TLS session resumption (tickets) is off unless asked for: a full handshake
+    # costs ~0.8 ms without ticket issuance against ~1.25 ms with OpenSSL's two
+    # default tickets, and no resumption means no cross-policy resumption bugs.
+    session_tickets: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuthSettings:
+    trusted_cas: tuple[str, ...] = (BUILTIN,)  # BUILTIN or file paths
+    crls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-route upstream timeouts, in seconds."""
+
+    connect: float = 5.0
+    # Time to wait for the response head and between body chunks. Long enough
+    # for slow apps; SSE and WebSocket streams are kept alive by their own
+    # traffic, and an upgraded tunnel is governed by ``tunnel_idle``.
+    read: float = 300.0
+    # How long an idle pooled upstream connection is kept. Below the 5 s
+    # keep-alive of common upstream servers (uvicorn, aiohttp) would waste
+    # connections; above it risks reusing one the upstream is closing.
+    pool_idle: float = 4.0
+    tunnel_idle: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    ca: Path | None = None  # None: the system trust store
+    cert: Path | None = None  # certgate's own client certificate (upstream mTLS)
+    key: Path | None = None
+    server_name: str | None = None  # SNI and name to verify; default: URL host
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a route sends requests: a URL, or the built-in whoami echo."""
+
+    scheme: str  # "http" | "https" | "whoami"
+    host: str = ""
+    port: int = 0
+    tls: UpstreamTLS | None = None
+
+    @property
+    def is_whoami(self) -> bool:
+        return self.scheme == WHOAMI
+
+    @property
+    def label(self) -> str:
+        if self.is_whoami:
+            return WHOAMI
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PathRule:
+    """A per-path rule inside a route (see the policy issue for allow/deny)."""
+
+    path: str  # glob pattern, e.g. /api/webhook/*
+    methods: frozenset[str] | None = None
+    client_auth: ClientAuth | None = None  # None: inherit the route's
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    host: str  # normalised: exact name, "*.example.com", or "*" (catch-all)
+    upstream: Upstream
+    path: str = "/"  # path prefix
+    client_auth: ClientAuth = ClientAuth.REQUIRE
+    rules: tuple[PathRule, ...] = ()
+    allow: tuple[str, ...] = ("any",)
+    deny: tuple[str, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    # None = unlimited: Immich uploads multi-GB videos, and a proxy in front of
+    # self-hosted apps must not silently cap them.
+    max_body: int | None = None
+    forward_cert: ForwardCert = ForwardCert.NONE
+    trust_forwarded: bool = False  # keep an outer proxy's X-Forwarded-*
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}{self.path}"
+
+    def modes(self) -> set[ClientAuth]:
+        """Every client-auth mode some request on this route can be judged by."""
+        found = {self.client_auth}
+        found.update(rule.client_auth for rule in self.rules if rule.client_auth is not None)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # A hard deadline for the whole request head, from the first byte (or from
+    # the handshake): slowloris clients sending a byte a second are cut here.
+    header_timeout: float = 10.0
+    # Idle time allowed between keep-alive requests (nginx: 75 s).
+    keepalive_timeout: float = 75.0
+    # 16 KiB is h11's own default and above what browsers send with big
+    # cookies; nginx's large_client_header_buffers default is 4 x 8 KiB.
+    max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100  # Apache's LimitRequestFields default
+    # How long SIGTERM waits for in-flight requests before closing them.
+    shutdown_grace: float = 30.0
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    format: LogFormat = LogFormat.JSON
+    path: str = "-"  # "-" = stdout; "off" disables
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    listen: Listen | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # file path, or "<embedded default>"
+    state_dir: Path
+    listen: tuple[Listen, ...]
+    routes: tuple[Route, ...]
+    workers: int | None = 1  # None = auto (one per CPU)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    client_auth: ClientAuthSettings = field(default_factory=ClientAuthSettings)
+    limits: Limits = field(default_factory=Limits)
+    access_log: AccessLog = field(default_factory=AccessLog)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @property
+    def uses_builtin_ca(self) -> bool:
+        return BUILTIN in self.client_auth.trusted_cas or BUILTIN in self.client_auth.crls

@@ -1,0 +1,193 @@
+"""Header rewriting between client and upstream, with no I/O.
+
+Two rules carry the security of the whole proxy:
+
+1. **No identity header from the client survives.** Anything that looks like
+   a client-certificate header in any spelling nginx, Traefik, Envoy, Apache
+   or HAProxy setups use (``X-Client-*``, ``X-SSL-Client-*``,
+   ``X-Forwarded-Client-Cert``, ``X-Forwarded-Tls-Client-Cert*``,
+   ``Ssl-Client-*``), compared case-insensitively with ``_`` and ``.`` folded
+   to ``-`` (some upstream frameworks fold them too, e.g. CGI/WSGI environ),
+   is removed before certgate adds its own.
+2. **Hop-by-hop headers stop here** (RFC 9110 s.7.6.1): the fixed list plus
+   every header the ``Connection`` header names, except that ``Connection``
+   can never remove a header certgate itself sets (``Connection: X-Client-CN``
+   must not strip the verified identity).
+
+Injected values pass :func:`escape_value`, so no certificate field can end a
+header line or smuggle a second header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import quote
+
+from certgate.tls.identity import ClientIdentity
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 s.7.6.1 and RFC 9112 s.9.6, plus the non-standard ones proxies
+# still meet in the wild (Keep-Alive, Proxy-Connection).
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+
+_IDENTITY_PREFIXES = (
+    b"x-client-", b"x-ssl-client-", b"x-forwarded-client-cert", b"x-forwarded-tls-client-cert",
+    b"ssl-client-",
+)
+_IDENTITY_EXACT = frozenset({b"x-client", b"x-ssl-client", b"ssl-client"})
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                        b"x-forwarded-port", b"x-real-ip", b"forwarded"})
+_FOLD = bytes.maketrans(b"_.", b"--")
+
+
+def folded(name: bytes) -> bytes:
+    """Lowercase with ``_`` and ``.`` as ``-``: how identity names are compared."""
+    return name.lower().translate(_FOLD)
+
+
+def is_identity_header(name: bytes) -> bool:
+    key = folded(name)
+    return key in _IDENTITY_EXACT or key.startswith(_IDENTITY_PREFIXES)
+
+
+def is_forwarded_header(name: bytes) -> bool:
+    return folded(name) in _FORWARDED
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names listed in any ``Connection`` header, lowercased."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def _wants_removal(name: bytes, listed: set[bytes]) -> bool:
+    lower = name.lower()
+    if lower in HOP_BY_HOP or is_identity_header(lower):
+        return True
+    # Connection may name only end-to-end headers the client itself sent;
+    # certgate's own headers are added after this filter and so are immune.
+    return lower in listed
+
+
+def request_headers_for_upstream(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    keep_forwarded: bool,
+) -> Headers:
+    """The client's headers minus hop-by-hop, identity and (usually) forwarding ones."""
+    items = list(headers)
+    listed = connection_tokens(items)
+    out: Headers = []
+    for name, value in items:
+        if _wants_removal(name, listed):
+            continue
+        if not keep_forwarded and is_forwarded_header(name):
+            continue
+        out.append((name, value))
+    return out
+
+
+def response_headers_for_client(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """The upstream's response headers minus hop-by-hop ones."""
+    items = list(headers)
+    listed = connection_tokens(items)
+    return [(n, v) for n, v in items if n.lower() not in HOP_BY_HOP and n.lower() not in listed]
+
+
+# Bytes allowed raw in an injected value: printable ASCII except '%', which
+# is the escape character itself. Everything else (CR, LF, NUL, DEL, UTF-8)
+# is percent-encoded so a value is always one safe header line.
+_SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
+
+
+def escape_value(text: str) -> bytes:
+    """A header-safe byte form of ``text`` (UTF-8, percent-escaped)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if all(b in _SAFE for b in raw):
+        return raw
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw).encode("ascii")
+
+
+def identity_headers(
+    identity: ClientIdentity | None,
+    *,
+    verify: str,
+    roles: Iterable[str] = (),
+    forward_pem: bool = False,
+    forward_xfcc: bool = False,
+) -> Headers:
+    """The verified ``X-Client-*`` headers for one request."""
+    if identity is None:
+        return [(b"x-client-verify", escape_value(verify))]
+    out: Headers = [
+        (b"x-client-verify", escape_value(verify)),
+        (b"x-client-cn", escape_value(identity.cn)),
+        (b"x-client-dn", escape_value(identity.dn)),
+        (b"x-client-issuer-dn", escape_value(identity.issuer_dn)),
+        (b"x-client-serial", identity.serial_hex.encode("ascii")),
+        (b"x-client-fingerprint", identity.fingerprint.encode("ascii")),
+        (b"x-client-not-after", identity.not_after_rfc3339.encode("ascii")),
+        (b"x-client-san", escape_value(identity.sans_header)),
+        (b"x-client-roles", escape_value(",".join(roles))),
+    ]
+    if forward_pem or forward_xfcc:
+        pem = _pem(identity.der)
+        if forward_pem:
+            out.append((b"x-client-cert", quote(pem, safe="").encode("ascii")))
+        if forward_xfcc:
+            out.append((b"x-forwarded-client-cert", _xfcc(identity, pem)))
+    return out
+
+
+def _pem(der: bytes) -> str:
+    import base64
+    import textwrap
+
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+
+
+def _xfcc(identity: ClientIdentity, pem: str) -> bytes:
+    """Envoy's X-Forwarded-Client-Cert element: Hash, Cert, Subject, URI, DNS."""
+
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    parts = [f"Hash={identity.fingerprint}", f"Cert={quote(pem, safe='')}",
+             f"Subject={quoted(identity.dn)}"]
+    for san in identity.sans:
+        kind, _, value = san.partition(":")
+        if kind == "URI":
+            parts.append(f"URI={quote(value, safe=':/')}")
+        elif kind == "DNS":
+            parts.append(f"DNS={value}")
+    return escape_value(";".join(parts))
+
+
+def forwarded_headers(
+    client_ip: str,
+    host: str,
+    previous: Iterable[tuple[bytes, bytes]] = (),
+) -> Headers:
+    """certgate's X-Forwarded-* for an upstream.
+
+    Home Assistant's reverse-proxy check wants bare IPs (no port, no
+    brackets), exactly one X-Forwarded-Proto value and a non-empty
+    X-Forwarded-Host, so these are written in that form. ``previous`` carries
+    an outer proxy's X-Forwarded-For to extend when the route trusts it.
+    """
+    chain = [v.decode("latin-1").strip() for n, v in previous
+             if n.lower() == b"x-forwarded-for" and v.strip()]
+    chain.append(client_ip)
+    return [
+        (b"x-forwarded-for", escape_value(", ".join(chain))),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", escape_value(host)),
+    ]

@@ -1,0 +1,1 @@
+"""The proxy: client connections, upstream pool, one request relay, tunnels."""

@@ -1,0 +1,164 @@
+"""Admit a request or refuse it, before any upstream is contacted.
+
+Order matters and is the security argument of the proxy:
+
+1. framing (smuggling) checks -> 400 + close;
+2. header count -> 431;
+3. the request target is parsed and its path normalised once
+   (:func:`certgate.http.target.parse_target`); what the policy judges is
+   exactly what the upstream receives;
+4. the Host header and an absolute-form authority run through the same
+   normaliser as SNI; either one resolving to a name of another handshake
+   class than this connection's -> 421 (domain fronting);
+5. only origin-form targets reach a route (absolute-form after the 421 check
+   so the fronting case still answers 421);
+6. route by longest path prefix, then the certificate refusal, then policy;
+7. body limit from Content-Length -> 413 at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import h11
+
+from certgate.config.schema import Route
+from certgate.errors import HTTPError
+from certgate.hostnames import InvalidHost, normalise_host
+from certgate.http import headers as hdr
+from certgate.http.target import BadTarget, parse_target
+from certgate.policy import Decision, decide
+from certgate.tls.identity import ClientIdentity
+
+if TYPE_CHECKING:
+    from certgate.proxy.client import ConnectionInfo
+    from certgate.runtime import Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    route: Route
+    host: str
+    path: str
+    decision: Decision
+    roles: tuple[str, ...]
+    upstream_request: h11.Request
+    has_body: bool
+    upgrade: bytes | None
+
+
+def check_framing(raw: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """(content length, chunked) of a request, refusing ambiguous framing.
+
+    RFC 9112 s.6.3 lets a server pick Transfer-Encoding when both are sent,
+    which is exactly the disagreement request smuggling exploits between a
+    proxy and its upstream; certgate refuses instead of choosing.
+    """
+    lengths = [v for n, v in raw if n.lower() == b"content-length"]
+    encodings = [v for n, v in raw if n.lower() == b"transfer-encoding"]
+    if lengths and encodings:
+        raise HTTPError(400, "both Content-Length and Transfer-Encoding sent", close=True)
+    if encodings:
+        tokens = [t.strip().lower() for v in encodings for t in v.split(b",")]
+        if tokens != [b"chunked"]:
+            raise HTTPError(400, "only Transfer-Encoding: chunked is accepted", close=True)
+        return None, True
+    values = {t.strip() for v in lengths for t in v.split(b",")}
+    if len(values) > 1:
+        raise HTTPError(400, "conflicting Content-Length values", close=True)
+    if values:
+        text = values.pop()
+        if not text.isdigit():
+            raise HTTPError(400, "invalid Content-Length", close=True)
+        return int(text), False
+    return None, False
+
+
+def _host_of(authority: bytes, what: str) -> str:
+    try:
+        return normalise_host(authority.decode("ascii"))
+    except (InvalidHost, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"invalid {what}: {exc}", close=True) from None
+
+
+def admit(
+    runtime: Runtime,
+    info: ConnectionInfo,
+    identity: ClientIdentity | None,
+    refusal: str | None,
+    request: h11.Request,
+) -> Admitted:
+    raw = list(request.headers.raw_items())
+    length, chunked = check_framing(raw)
+    if len(raw) > runtime.config.limits.max_header_count:
+        raise HTTPError(431, f"more than {runtime.config.limits.max_header_count} header fields",
+                        close=True)
+    hosts = [v for n, v in raw if n.lower() == b"host"]
+    if len(hosts) > 1:
+        raise HTTPError(400, "more than one Host header", close=True)
+    try:
+        target = parse_target(request.target, request.method)
+    except BadTarget as exc:
+        raise HTTPError(400, f"bad request target: {exc.reason}", close=True) from None
+    names: list[str] = []
+    if target.authority is not None:
+        names.append(_host_of(target.authority.encode("ascii", "replace"),
+                              "authority in request target"))
+    if hosts:
+        names.append(_host_of(hosts[0], "Host header"))
+    if not names:
+        raise HTTPError(400, "no Host header", close=True)
+    host = names[0]
+    for name in names:
+        entry = runtime.routes.for_host(name)
+        if entry is None:
+            raise HTTPError(421, f"no route for host {name}")
+        if entry.mode is not info.mode:
+            sni = info.sni or "no SNI"
+            raise HTTPError(421, f"host {name} is not served on a connection made for {sni}; "
+                                 "open a new connection")
+    if target.form != "origin":
+        raise HTTPError(400, f"{target.form}-form request targets are not accepted", close=True)
+    host_routes = runtime.routes.for_host(host)
+    assert host_routes is not None
+    route = host_routes.match(target.path)
+    if route is None:
+        raise HTTPError(404, f"no route for {host}{target.path}")
+    if refusal is not None:
+        raise HTTPError(403, refusal, close=True)
+    method = request.method.decode("ascii", "replace")
+    roles = runtime.roles_for(identity) if identity is not None else ()
+    decision = decide(route, target.path, method, identity, roles)
+    if not decision.allowed:
+        raise HTTPError(403, decision.reason)
+    if route.max_body is not None and length is not None and length > route.max_body:
+        raise HTTPError(413, f"request body of {length} bytes exceeds this route's max_body "
+                             f"({route.max_body})", close=True)
+
+    upgrade: bytes | None = None
+    if b"upgrade" in hdr.connection_tokens(raw):
+        values = [v for n, v in raw if n.lower() == b"upgrade"]
+        upgrade = values[0] if values else None
+    out = [(n, v) for n, v in hdr.request_headers_for_upstream(
+        raw, keep_forwarded=route.trust_forwarded) if n.lower() != b"expect"]
+    out += hdr.identity_headers(
+        identity,
+        verify="SUCCESS" if identity is not None else "NONE",
+        roles=roles,
+        forward_pem=route.forward_cert.value == "pem",
+        forward_xfcc=route.forward_cert.value == "xfcc",
+    )
+    previous = raw if route.trust_forwarded else ()
+    if route.trust_forwarded:
+        out = [(n, v) for n, v in out if n.lower() != b"x-forwarded-for"]
+    out += hdr.forwarded_headers(info.peer_ip, hosts[0].decode("latin-1") if hosts else host,
+                                 previous)
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    if upgrade is not None:
+        out += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+    upstream_request = h11.Request(method=request.method, target=target.forward, headers=out,
+                                   http_version=b"1.1")
+    return Admitted(route, host, target.path, decision, tuple(roles), upstream_request,
+                    chunked or bool(length), upgrade)

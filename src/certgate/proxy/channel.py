@@ -1,0 +1,247 @@
+"""One transport speaking HTTP/1.1 through h11, with flow control both ways.
+
+Theory of operation. Bytes arrive in :meth:`data_received` and wait in a
+local buffer; they are handed to h11 only when the reader asks for the next
+event and h11 says it needs data. So memory per connection is bounded by
+``HIGH_WATER`` plus what h11 holds for one event: above ``HIGH_WATER`` the
+transport is paused (``pause_reading``) and resumed once the reader has taken
+the buffer. In the other direction, :meth:`send` writes straight to the
+transport and :meth:`drain` waits while the transport's own write buffer is
+above its high-water mark (asyncio calls ``pause_writing``/``resume_writing``).
+A slow reader on one side therefore stops reads on the other side: a 1 GiB
+upload never piles up in certgate.
+
+Timers are ``call_later`` handles that fail the waiting reader, not a
+``wait_for`` per read (STYLE.md, uvicorn).
+
+After an HTTP upgrade the channel switches to raw mode: h11 is dropped and
+:mod:`certgate.proxy.tunnel` pipes bytes between two channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+import h11
+
+# 64 KiB: the size of one TLS read from uvloop's SSL layer is up to 256 KiB,
+# so a pause takes effect within a read or two while keeping syscalls large.
+HIGH_WATER = 64 * 1024
+
+
+class ChannelClosed(Exception):
+    """The peer went away (EOF or reset) while we waited for it."""
+
+
+class ChannelTimeout(Exception):
+    """A deadline set with :meth:`Channel.set_deadline` passed."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class Channel(asyncio.Protocol):
+    """Bytes <-> h11 events for one transport."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, conn: h11.Connection) -> None:
+        self.h11 = conn
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._eof = False
+        self._lost = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out: str | None = None
+        # Raw mode (after an upgrade): bytes go to this callback, not h11.
+        self._raw_sink: Callable[[bytes], None] | None = None
+        self._raw_eof: Callable[[], None] | None = None
+        #: Called when the transport can take writes again (tunnel backpressure).
+        self.on_writable: Callable[[], None] | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's SSL transport implements the Transport API without
+        # subclassing asyncio.Transport, hence a cast rather than a check.
+        self.transport = cast(asyncio.Transport, transport)
+        self._is_tls = transport.get_extra_info("sslcontext") is not None
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._raw_sink is not None:
+            self._raw_sink(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._raw_eof is not None:
+            self._raw_eof()
+        self._wake_reader()
+        # Keep a plain TCP write side open (half-close) so a response can still
+        # be sent after the peer finished sending; TLS has no half-close.
+        return None if self._is_tls else True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._eof = True
+        self.cancel_deadline()
+        if self._raw_eof is not None:
+            self._raw_eof()
+        self._wake_reader()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ChannelClosed("connection lost"))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.on_writable is not None:
+            self.on_writable()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- reading ----------------------------------------------------------
+    def _wake_reader(self) -> None:
+        waiter, self._read_waiter = self._read_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self._buffer)
+
+    async def next_event(self) -> Any:
+        """The next h11 event; raises ChannelTimeout or h11.RemoteProtocolError."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self._buffer:
+                self.h11.receive_data(bytes(self._buffer))
+                self._buffer.clear()
+                if self._reading_paused and not self._lost:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                continue
+            if self._eof:
+                self.h11.receive_data(b"")
+                continue
+            await self._wait_readable()
+
+    async def wait_for_data(self) -> bool:
+        """Wait until bytes are buffered; False if the peer closed first."""
+        while not self._buffer and not self.h11.trailing_data[0]:
+            if self._eof:
+                return False
+            await self._wait_readable()
+        return True
+
+    async def _wait_readable(self) -> None:
+        if self._timed_out is not None:
+            raise ChannelTimeout(self._timed_out)
+        waiter = self._loop.create_future()
+        self._read_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._read_waiter = None
+        if self._timed_out is not None:
+            raise ChannelTimeout(self._timed_out)
+
+    def set_deadline(self, seconds: float, what: str) -> None:
+        """Fail the reader with ChannelTimeout(what) if it is still waiting then."""
+        self.cancel_deadline()
+        self._timer = self._loop.call_later(seconds, self._on_deadline, what)
+
+    def cancel_deadline(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_deadline(self, what: str) -> None:
+        self._timer = None
+        self._timed_out = what
+        self._wake_reader()
+
+    def clear_timeout(self) -> None:
+        self._timed_out = None
+
+    # -- writing ----------------------------------------------------------
+    def send(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data and not self._lost:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def write_raw(self, data: bytes) -> None:
+        if not self._lost:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._lost:
+            raise ChannelClosed("connection lost")
+        if not self._writing_paused:
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiter = waiter
+        await waiter
+
+    def close(self) -> None:
+        self.cancel_deadline()
+        if not self._lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.cancel_deadline()
+        if not self._lost:
+            self.transport.abort()
+
+    # -- raw mode ---------------------------------------------------------
+    def switch_to_raw(self, sink: Callable[[bytes], None], on_eof: Callable[[], None]) -> bytes:
+        """Stop parsing HTTP; return bytes already received past the HTTP part."""
+        leftover = bytes(self.h11.trailing_data[0]) + bytes(self._buffer)
+        self._buffer.clear()
+        self._raw_sink = sink
+        self._raw_eof = on_eof
+        if self._reading_paused and not self._lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        if self._eof:
+            on_eof()
+        return leftover
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and not self._lost:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self._lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused

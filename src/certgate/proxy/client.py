@@ -1,0 +1,197 @@
+"""One client TLS connection: read requests, admit or refuse them, relay.
+
+The connection keeps the runtime snapshot it started with, so a reload never
+changes the rules under a request in flight. Each request goes through:
+
+1. the head, under a hard deadline (``limits.header_timeout``; between
+   requests the idle ``keepalive_timeout`` applies until the first byte);
+2. framing checks h11 does not make strictly enough (CL+TE, several
+   Content-Lengths, a Transfer-Encoding other than chunked): 400 and close,
+   so a smuggled request pipelined behind never reaches an upstream;
+3. admission (:mod:`certgate.proxy.admission`): host, 421 guard, route,
+   policy, body limit; refusals are answered here;
+4. the relay (:mod:`certgate.proxy.exchange`) or the built-in whoami.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import h11
+
+from certgate.config.schema import ClientAuth
+from certgate.errors import HTTPError
+from certgate.http.responses import plain_response
+from certgate.proxy.admission import Admitted, admit
+from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
+from certgate.proxy.exchange import Plan, relay
+from certgate.tls.identity import ClientIdentity
+from certgate.whoami import whoami_response
+
+if TYPE_CHECKING:
+    from certgate.runtime import Runtime
+
+log = logging.getLogger("certgate.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What the listener learnt before and during the handshake."""
+
+    listener: str
+    peer_ip: str
+    sni: str | None  # normalised, or None when absent/invalid
+    mode: ClientAuth  # the handshake class of the context used
+
+
+class ClientConnection(Channel):
+    def __init__(self, runtime: Runtime, info: ConnectionInfo) -> None:
+        limits = runtime.config.limits
+        super().__init__(h11.Connection(h11.SERVER,
+                                        max_incomplete_event_size=limits.max_header_bytes))
+        self.runtime = runtime
+        self.info = info
+        self.identity: ClientIdentity | None = None
+        self.refusal: str | None = None  # set when the certificate must not be honoured
+        self.task: asyncio.Task[None] | None = None
+        #: True while a request is being served (shutdown waits for these).
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            self.identity, self.refusal = self.runtime.check_peer(der)
+        self.runtime.connections.add(self)
+        self.task = asyncio.get_running_loop().create_task(self.serve())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.runtime.connection_closed(self)
+
+    # ------------------------------------------------------------------
+    async def serve(self) -> None:
+        limits = self.runtime.config.limits
+        first = True
+        try:
+            while not self.runtime.draining:
+                if not first:
+                    self.set_deadline(limits.keepalive_timeout, "keep-alive idle")
+                    if not await self.wait_for_data():
+                        return
+                self.set_deadline(limits.header_timeout, "request head")
+                started = time.monotonic()
+                try:
+                    event = await self.next_event()
+                except ChannelTimeout:
+                    if self.h11.their_state is h11.IDLE and not self.has_buffered_data \
+                            and not self.h11.trailing_data[0] and first is False:
+                        return
+                    await self._refuse(HTTPError(408, "request head not received in time",
+                                                 close=True), None, started)
+                    return
+                except h11.RemoteProtocolError as exc:
+                    status = exc.error_status_hint
+                    reason = "request header too large" if status == 431 else \
+                        f"malformed request: {exc}"
+                    await self._refuse(HTTPError(status, reason, close=True), None, started)
+                    return
+                finally:
+                    self.cancel_deadline()
+                if not isinstance(event, h11.Request):
+                    return  # ConnectionClosed between requests
+                first = False
+                self.busy = True
+                try:
+                    if not await self._handle(event, started):
+                        return
+                finally:
+                    self.busy = False
+                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                    self.h11.start_next_cycle()
+                else:
+                    return
+        except (ChannelClosed, ConnectionError):
+            pass
+        except Exception:
+            log.exception("internal error on a client connection")
+        finally:
+            self.close()
+
+    async def _handle(self, request: h11.Request, started: float) -> bool:
+        """Serve one request; False when the connection must close."""
+        try:
+            admitted = admit(self.runtime, self.info, self.identity, self.refusal, request)
+        except HTTPError as exc:
+            return await self._refuse(exc, request, started)
+        route = admitted.route
+        if route.upstream.is_whoami:
+            return await self._whoami(admitted, request, started)
+        plan = Plan(
+            pool=self.runtime.pool_for(route),
+            request=admitted.upstream_request,
+            has_body=admitted.has_body,
+            max_body=route.max_body,
+            read_timeout=route.timeouts.read,
+            tunnel_idle=route.timeouts.tunnel_idle,
+            upgrade=admitted.upgrade,
+        )
+        out_before = self.bytes_out
+        in_before = self.bytes_in
+        try:
+            result = await relay(self, plan)
+        except HTTPError as exc:
+            return await self._refuse(exc, request, started, admitted)
+        self.runtime.access_log.request(
+            self, request, admitted, result.status, self.bytes_in - in_before,
+            self.bytes_out - out_before, time.monotonic() - started)
+        return result.reusable and not self.lost
+
+    async def _whoami(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
+        # Read and discard any body so the connection can be reused.
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.EndOfMessage):
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                return False
+        response, body = whoami_response(self.identity, admitted)
+        out_before = self.bytes_out
+        self.send(response)
+        if request.method != b"HEAD":
+            self.send(h11.Data(data=body))
+        self.send(h11.EndOfMessage())
+        await self.drain()
+        self.runtime.access_log.request(self, request, admitted, 200, 0,
+                                        self.bytes_out - out_before, time.monotonic() - started)
+        return True
+
+    async def _refuse(self, error: HTTPError, request: h11.Request | None, started: float,
+                      admitted: Admitted | None = None) -> bool:
+        """Answer ``error``; False when the connection must close afterwards."""
+        close = error.close or self.h11.their_state is not h11.DONE
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self.abort()
+            return False
+        if self.h11.their_state is h11.SEND_BODY and not close:
+            close = True
+        response, body = plain_response(error.status, error.reason, close=close)
+        out_before = self.bytes_out
+        try:
+            self.send(response)
+            self.send(h11.Data(data=body))
+            self.send(h11.EndOfMessage())
+            await self.drain()
+        except (h11.LocalProtocolError, ChannelClosed):
+            close = True
+        self.runtime.access_log.request(self, request, admitted, error.status, 0,
+                                        self.bytes_out - out_before, time.monotonic() - started,
+                                        reason=error.reason)
+        if close:
+            self.close()
+        return not close

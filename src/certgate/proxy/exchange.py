@@ -1,0 +1,216 @@
+"""Relay one request to an upstream and its response back, streaming both ways.
+
+Theory of operation. The request head goes out first; a request body is then
+pumped by a separate task while the main flow waits for the response head,
+because an upstream may answer (413, 401, 100-continue refusals) before it has
+read the body. Each body chunk is written and then ``drain`` awaited on the
+receiving side, so at most one chunk plus the transports' buffers is in flight
+whatever the body size. Either side vanishing aborts the other: a client that
+disconnects mid-upload aborts the upstream request, and an upstream reset
+mid-download aborts the client connection (the status line is already sent,
+so truncation is the only honest signal).
+
+Retry: a reused pooled connection that dies before a single response byte
+arrives is retried once on a fresh connection, but only for a method that is
+safe to repeat and a request without a body (never a POST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import h11
+
+from certgate.errors import HTTPError
+from certgate.proxy.channel import ChannelClosed, ChannelTimeout
+from certgate.proxy.tunnel import run_tunnel
+from certgate.proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from certgate.proxy.client import ClientConnection
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything the relay needs, decided before any upstream is contacted."""
+
+    pool: UpstreamPool
+    request: h11.Request
+    has_body: bool
+    max_body: int | None
+    read_timeout: float
+    tunnel_idle: float
+    upgrade: bytes | None  # the Upgrade header value when the client asks to switch
+
+
+@dataclass(slots=True)
+class Result:
+    status: int
+    reusable: bool  # the client connection may serve another request
+
+
+async def _pump_body(client: ClientConnection, conn: UpstreamConnection, plan: Plan) -> None:
+    """Copy the client's request body to the upstream, with backpressure."""
+    if client.h11.they_are_waiting_for_100_continue:
+        client.send(h11.InformationalResponse(status_code=100, headers=[]))
+    total = 0
+    try:
+        while True:
+            client.set_deadline(plan.read_timeout, "request body")
+            event = await client.next_event()
+            if isinstance(event, h11.Data):
+                total += len(event.data)
+                if plan.max_body is not None and total > plan.max_body:
+                    raise BodyTooLarge
+                conn.send(h11.Data(data=event.data))
+                await conn.drain()
+            elif isinstance(event, h11.EndOfMessage):
+                conn.send(h11.EndOfMessage())
+                return
+            else:  # ConnectionClosed
+                raise ChannelClosed("client went away during upload")
+    except BaseException:
+        # Whatever stopped the upload, the upstream must not be left waiting
+        # for the rest of a body that will never come.
+        conn.abort()
+        raise
+    finally:
+        client.cancel_deadline()
+
+
+async def relay(client: ClientConnection, plan: Plan) -> Result:
+    """Send ``plan.request`` upstream and stream the answer to ``client``."""
+    retryable = plan.request.method in IDEMPOTENT and not plan.has_body
+    attempt = 0
+    while True:
+        conn = await plan.pool.acquire()
+        conn.send(plan.request)
+        pump: asyncio.Task[None] | None = None
+        if plan.has_body:
+            pump = asyncio.create_task(_pump_body(client, conn, plan))
+        else:
+            conn.send(h11.EndOfMessage())
+        try:
+            head = await _response_head(conn, plan)
+        except (ChannelClosed, h11.RemoteProtocolError) as exc:
+            failure = await _settle_pump(pump)
+            conn.abort()
+            if failure is not None:
+                raise failure from None
+            if conn.reused and retryable and attempt == 0 and conn.bytes_in == 0:
+                attempt += 1
+                continue
+            label = plan.pool.upstream.label
+            if conn.bytes_in == 0:
+                raise HTTPError(502, f"upstream {label} closed the connection without "
+                                     "responding") from None
+            raise HTTPError(502, f"upstream {label} sent an invalid response: {exc}") from None
+        except ChannelTimeout:
+            await _settle_pump(pump)
+            conn.abort()
+            raise HTTPError(504, f"upstream {plan.pool.upstream.label} did not respond within "
+                                 f"{plan.read_timeout:g}s", close=True) from None
+        break
+    return await _deliver(client, conn, plan, head, pump)
+
+
+async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
+    """Stop the upload task; return a client-side failure worth reporting."""
+    if pump is None:
+        return None
+    if not pump.done():
+        pump.cancel()
+    try:
+        await pump
+    except BodyTooLarge:
+        return HTTPError(413, "request body exceeds this route's max_body", close=True)
+    except (asyncio.CancelledError, ChannelClosed, ChannelTimeout, h11.RemoteProtocolError):
+        return None
+    return None
+
+
+async def _response_head(
+    conn: UpstreamConnection, plan: Plan
+) -> h11.Response | h11.InformationalResponse:
+    """Wait for the final response head (or a 101); skip other 1xx."""
+    while True:
+        conn.set_deadline(plan.read_timeout, "response head")
+        event = await conn.next_event()
+        if isinstance(event, h11.ConnectionClosed):
+            raise ChannelClosed("upstream closed")
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                return event
+            continue  # 100 Continue was answered by certgate; 103 is dropped
+        if isinstance(event, h11.Response):
+            return event
+        raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+
+async def _deliver(
+    client: ClientConnection,
+    conn: UpstreamConnection,
+    plan: Plan,
+    head: h11.Response | h11.InformationalResponse,
+    pump: asyncio.Task[None] | None,
+) -> Result:
+    from certgate.http.headers import response_headers_for_client
+
+    headers = response_headers_for_client(head.headers.raw_items())
+    if isinstance(head, h11.InformationalResponse):  # 101
+        if plan.upgrade is None:
+            conn.abort()
+            raise HTTPError(502, "upstream switched protocols without being asked", close=True)
+        if pump is not None:
+            await pump  # the upgrade request's (empty) body must be complete
+        headers += [(b"connection", b"upgrade"), (b"upgrade", plan.upgrade)]
+        client.send(h11.InformationalResponse(status_code=101, headers=headers,
+                                              reason=head.reason))
+        conn.cancel_deadline()
+        await run_tunnel(client, conn, plan.tunnel_idle)
+        return Result(101, reusable=False)
+
+    client.send(h11.Response(status_code=head.status_code, headers=headers, reason=head.reason))
+    try:
+        while True:
+            conn.set_deadline(plan.read_timeout, "response body")
+            event = await conn.next_event()
+            if isinstance(event, h11.Data):
+                client.send(h11.Data(data=event.data))
+                await client.drain()
+            elif isinstance(event, h11.EndOfMessage):
+                client.send(h11.EndOfMessage())
+                break
+            else:
+                raise ChannelClosed("upstream closed mid-body")
+    except (ChannelClosed, ChannelTimeout, h11.RemoteProtocolError, h11.LocalProtocolError):
+        # Headers already went out: the only honest signal left is to cut
+        # the client connection so it sees a truncated response.
+        conn.abort()
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+        client.abort()
+        return Result(head.status_code, reusable=False)
+    conn.cancel_deadline()
+    body_complete = True
+    if pump is not None and not pump.done():
+        # The upstream answered before reading the whole body (e.g. 413):
+        # stop uploading; the client connection cannot be reused.
+        pump.cancel()
+        body_complete = False
+    if pump is not None:
+        with contextlib.suppress(BaseException):
+            await pump
+    plan.pool.release(conn)
+    return Result(head.status_code, reusable=body_complete)

@@ -1,0 +1,182 @@
+"""Accept TCP, read SNI from the ClientHello without consuming it, start TLS.
+
+Theory of operation. The listening socket is non-blocking and watched with
+``add_reader``. Each accepted socket is watched until its first TLS record
+(the ClientHello) is complete, read with ``MSG_PEEK`` so the bytes stay in the
+kernel for OpenSSL. To avoid spinning on a level-triggered reader while a
+ClientHello is still arriving in pieces, ``SO_RCVLOWAT`` is set to the number
+of bytes the parser says it needs next: epoll then wakes us only when they are
+all there (Linux honours SO_RCVLOWAT in poll since 2.6.28). With the SNI known,
+the runtime picks the context for that name's client-auth class and the socket
+is handed to ``loop.connect_accepted_socket(..., ssl=ctx)``, uvloop's C TLS
+layer. A connection that does not send a complete ClientHello within
+``limits.handshake_timeout`` is closed; so is one whose first bytes are not
+TLS (a plain ``GET`` gets a one-line 400 first, like nginx's 497 page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from certgate.hostnames import InvalidHost, normalise_host
+from certgate.proxy.client import ClientConnection, ConnectionInfo
+from certgate.tls.clienthello import MAX_CLIENT_HELLO, peek_client_hello
+
+if TYPE_CHECKING:
+    from certgate.runtime import Runtime
+
+log = logging.getLogger("certgate.listener")
+
+# Accept at most this many sockets per readiness callback so one busy
+# listener cannot starve the rest of the loop (uvicorn and asyncio use 100).
+ACCEPT_BATCH = 64
+# SO_RCVLOWAT cannot usefully exceed half the receive buffer; a ClientHello
+# this large is refused by the parser anyway.
+_PEEK_SIZE = MAX_CLIENT_HELLO + 5
+_PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    b"content-length: 47\r\n\r\n400 Bad Request: this port only speaks HTTPS\n"
+)
+
+
+class Listener:
+    """One listening socket, feeding TLS connections into the current runtime."""
+
+    def __init__(self, sock: socket.socket, label: str, current: Callable[[], Runtime]) -> None:
+        self.sock = sock
+        self.label = label
+        self._current = current
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[_PendingHello] = set()
+        self.handshake_failures = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self._loop.add_reader(self.sock.fileno(), self._on_acceptable)
+
+    def stop(self) -> None:
+        """Stop accepting and drop connections still in the ClientHello stage."""
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for pending in list(self._pending):
+            pending.abandon()
+
+    def _on_acceptable(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, keep serving others
+                log.warning("accept failed on %s: %s", self.label, exc)
+                return
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer_ip = address[0] if isinstance(address, tuple) else "unix"
+            pending = _PendingHello(self, conn, peer_ip)
+            self._pending.add(pending)
+            pending.start()
+
+    def hand_over(self, conn: socket.socket, peer_ip: str, sni_raw: str | None) -> None:
+        runtime = self._current()
+        sni: str | None = None
+        if sni_raw is not None:
+            with contextlib.suppress(InvalidHost):
+                sni = normalise_host(sni_raw)
+        mode = runtime.routes.handshake_mode(sni)
+        context = runtime.contexts.select(sni, mode)
+        info = ConnectionInfo(self.label, peer_ip, sni, mode)
+        task = self._loop.create_task(self._start_tls(runtime, conn, context, info))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_tls(self, runtime: Runtime, conn: socket.socket, context: ssl.SSLContext,
+                         info: ConnectionInfo) -> None:
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: ClientConnection(runtime, info),
+                conn,
+                ssl=context,
+                ssl_handshake_timeout=runtime.config.limits.handshake_timeout,
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            self.handshake_failures += 1
+            runtime.handshake_failed(info, exc)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+class _PendingHello:
+    """A socket whose ClientHello is still being peeked at."""
+
+    def __init__(self, listener: Listener, conn: socket.socket, peer_ip: str) -> None:
+        self.listener = listener
+        self.conn = conn
+        self.peer_ip = peer_ip
+        self.fd = conn.fileno()
+        self.timer: asyncio.TimerHandle | None = None
+        self.lowat = 1
+
+    def start(self) -> None:
+        loop = self.listener._loop
+        timeout = self.listener._current().config.limits.handshake_timeout
+        self.timer = loop.call_later(timeout, self.abandon)
+        loop.add_reader(self.fd, self._on_readable)
+
+    def _finish(self) -> None:
+        self.listener._pending.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        with contextlib.suppress(ValueError, OSError):
+            self.listener._loop.remove_reader(self.fd)
+
+    def abandon(self) -> None:
+        self._finish()
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.conn.recv(_PEEK_SIZE, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abandon()
+            return
+        if not data:
+            self.abandon()
+            return
+        peek = peek_client_hello(data)
+        if not peek.complete:
+            if peek.need != self.lowat:
+                self.lowat = min(peek.need, _PEEK_SIZE)
+                try:
+                    self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self.lowat)
+                except OSError:
+                    self.abandon()
+            return
+        self._finish()
+        if peek.error is not None:
+            if data[:1].isalpha():
+                with contextlib.suppress(OSError):
+                    self.conn.send(_PLAIN_HTTP_ANSWER)
+            with contextlib.suppress(OSError):
+                self.conn.close()
+            return
+        if self.lowat != 1:
+            try:
+                self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                self.abandon()
+                return
+        self.listener.hand_over(self.conn, self.peer_ip, peek.sni)

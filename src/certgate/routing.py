@@ -1,0 +1,89 @@
+"""Which route serves a request, and which TLS policy a server name gets.
+
+Two decisions live here, both pure:
+
+* **Handshake class per name.** Before TLS starts the listener knows only the
+  SNI name. A name whose routes all require a client certificate gets a
+  ``CERT_REQUIRED`` context (the handshake itself refuses clients without
+  one); a name whose routes never ask gets ``CERT_NONE`` (browsers are not
+  prompted); anything in between gets ``CERT_OPTIONAL`` and the per-request
+  check below enforces the rest. An absent or unknown name gets the strictest
+  class in use, so an IP-literal connection can never slip into a locked route.
+* **Route per request.** Host (SNI and Host run through one normaliser), then
+  the longest path prefix on a segment boundary (``/app`` serves ``/app`` and
+  ``/app/x`` but not ``/application``).
+
+The domain-fronting guard compares the two: a request whose Host resolves to a
+name of a different class than the one its handshake was made for is answered
+421 before any upstream is contacted (RFC 9110 s.15.5.20).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from certgate.config.schema import ClientAuth, Route
+from certgate.hostnames import HostTable
+
+_STRICTNESS = {ClientAuth.OFF: 0, ClientAuth.OPTIONAL: 1, ClientAuth.REQUIRE: 2}
+
+
+def handshake_class(modes: Iterable[ClientAuth]) -> ClientAuth:
+    """The TLS client-auth class that serves every mode in ``modes``."""
+    found = set(modes)
+    if found == {ClientAuth.REQUIRE}:
+        return ClientAuth.REQUIRE
+    if found == {ClientAuth.OFF}:
+        return ClientAuth.OFF
+    return ClientAuth.OPTIONAL
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoutes:
+    """Every route of one host pattern, longest path prefix first."""
+
+    pattern: str
+    routes: tuple[Route, ...]
+    mode: ClientAuth
+
+    def match(self, path: str) -> Route | None:
+        for route in self.routes:
+            prefix = route.path
+            if (
+                prefix == "/"
+                or path == prefix
+                or (path.startswith(prefix) and (prefix.endswith("/") or path[len(prefix)] == "/"))
+            ):
+                return route
+        return None
+
+
+class RouteTable:
+    """Routes indexed by host pattern; built once per config snapshot."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        grouped: dict[str, list[Route]] = {}
+        for route in routes:
+            grouped.setdefault(route.host, []).append(route)
+        entries: list[tuple[str, HostRoutes]] = []
+        for pattern, members in grouped.items():
+            members.sort(key=lambda r: len(r.path), reverse=True)
+            modes = {mode for r in members for mode in r.modes()}
+            entries.append((pattern, HostRoutes(pattern, tuple(members), handshake_class(modes))))
+        self.hosts: HostTable[HostRoutes] = HostTable(entries)
+        self.patterns = tuple(pattern for pattern, _ in entries)
+        classes = [entry.mode for _, entry in entries]
+        #: Class for a connection with no SNI or an SNI that matches no route.
+        self.default_mode = max(classes, key=_STRICTNESS.__getitem__, default=ClientAuth.REQUIRE)
+        self.modes_in_use = frozenset(classes) | {self.default_mode}
+
+    def for_host(self, host: str) -> HostRoutes | None:
+        return self.hosts.lookup(host)
+
+    def handshake_mode(self, sni: str | None) -> ClientAuth:
+        """The client-auth class of the TLS context for a (normalised) SNI name."""
+        if sni is None:
+            return self.default_mode
+        entry = self.hosts.lookup(sni)
+        return entry.mode if entry is not None else self.default_mode

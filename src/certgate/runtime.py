@@ -1,0 +1,196 @@
+"""The runtime snapshot: everything a connection needs, built in one go.
+
+A :class:`Runtime` is built from a :class:`Config` off the event loop (it
+reads files, parses certificates and may initialise the built-in CA), then
+swapped in with one reference assignment. Connections keep the snapshot they
+were accepted under, so a reload never changes the rules under a request in
+flight; a build that fails raises and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from certgate.accesslog import AccessLogger
+from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route
+from certgate.hostnames import HostTable
+from certgate.proxy.upstream import UpstreamPool
+from certgate.revocation import RevocationIndex, load_revocation
+from certgate.routing import RouteTable
+from certgate.tls.contexts import (
+    ContextSet,
+    ServerCertificate,
+    TLSSetupError,
+    load_trust_bundle,
+    read_server_certificate,
+)
+from certgate.tls.identity import ClientIdentity, IdentityCache, check_client_certificate_profile
+
+if TYPE_CHECKING:
+    from certgate.ca import CertificateAuthority
+    from certgate.proxy.client import ClientConnection, ConnectionInfo
+
+log = logging.getLogger("certgate.runtime")
+
+Notice = Callable[[str], None]
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: Config,
+        routes: RouteTable,
+        contexts: ContextSet,
+        revocation: RevocationIndex,
+        ca: CertificateAuthority | None,
+    ) -> None:
+        self.config = config
+        self.routes = routes
+        self.contexts = contexts
+        self.revocation = revocation
+        self.ca = ca
+        self.identities = IdentityCache()
+        self.access_log = AccessLogger(config.access_log)
+        self.connections: set[ClientConnection] = set()
+        #: Set on shutdown: connections finish their current request and close.
+        self.draining = False
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._pools: dict[int, UpstreamPool] = {}
+        self._roles: dict[int, tuple[str, ...]] = {}
+        self._builtin_issuers: frozenset[str] = frozenset()
+        if ca is not None:
+            from cryptography import x509
+
+            bundle = x509.load_pem_x509_certificates(ca.trust_bundle_path.read_bytes())
+            self._builtin_issuers = frozenset(c.subject.rfc4514_string() for c in bundle)
+            self.refresh_roles()
+
+    # -- per connection -------------------------------------------------
+    def check_peer(self, der: bytes) -> tuple[ClientIdentity, str | None]:
+        """The identity of a verified peer, and a reason to refuse it, if any.
+
+        Runs for every connection, resumed sessions included: a resumed
+        session still carries the peer certificate, and revocation or expiry
+        since the session was made must still bite.
+        """
+        identity = self.identities.get_or_parse(der)
+        reason = check_client_certificate_profile(identity)
+        if reason is None:
+            reason = self.revocation.check(identity)
+        return identity, reason
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
+    async def wait_idle(self) -> None:
+        """Return once no connection accepted under this runtime is open."""
+        if not self.connections:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        await waiter
+
+    def roles_for(self, identity: ClientIdentity) -> tuple[str, ...]:
+        if identity.issuer_dn in self._builtin_issuers:
+            return self._roles.get(identity.serial, ())
+        return ()
+
+    def refresh_roles(self) -> None:
+        """Re-read the built-in CA's role assignments (cheap, read-only)."""
+        if self.ca is None:
+            return
+        self._roles = self.ca.inventory_snapshot()
+
+    def pool_for(self, route: Route) -> UpstreamPool:
+        key = id(route)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = UpstreamPool(route.upstream, route.timeouts)
+        return pool
+
+    def handshake_failed(self, info: ConnectionInfo, exc: BaseException) -> None:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        log.info("TLS handshake failed: client=%s sni=%s reason=%s", info.peer_ip,
+                 info.sni or "-", reason)
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        self.access_log.close()
+
+
+def _uncovered_hosts(config: Config, certificates: list[ServerCertificate]) -> list[str]:
+    table: HostTable[bool] = HostTable(
+        {name: True for cert in certificates for name in cert.names}.items())
+    hosts: list[str] = []
+    for route in config.routes:
+        if route.host == "*" or route.host in hosts:
+            continue
+        probe = route.host.replace("*.", "wildcard-probe.", 1)
+        if table.lookup(probe) is None and table.lookup(route.host) is None:
+            hosts.append(route.host)
+    return hosts
+
+
+def open_builtin_ca(config: Config, notice: Notice, *, create: bool) -> CertificateAuthority | None:
+    if not create:
+        return None
+    from certgate.ca import CertificateAuthority
+
+    if CertificateAuthority.exists(config.state_dir):
+        return CertificateAuthority.open(config.state_dir)
+    ca = CertificateAuthority.init(config.state_dir, name="certgate CA")
+    notice(
+        f"certgate: created a new private CA in {config.state_dir}\n"
+        f"  root certificate (trust this on your devices): {ca.root_cert_path}\n"
+        f"  issue your first client certificate with:\n"
+        f"    certgate ca issue --state {config.state_dir} my-laptop --p12\n"
+    )
+    return ca
+
+
+def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
+    """Build a runtime; raises TLSSetupError/CAError/RevocationError naming the file."""
+    routes = RouteTable(config.routes)
+    needs_builtin = config.uses_builtin_ca
+    certificates = [read_server_certificate(files) for files in config.tls.certificates]
+    uncovered = _uncovered_hosts(config, certificates)
+    ca = open_builtin_ca(config, notice, create=needs_builtin or bool(uncovered))
+    if uncovered:
+        assert ca is not None
+        cert_path, key_path = ca.ensure_server_certificate(uncovered)
+        certificates.append(read_server_certificate(CertificateFiles(cert_path, key_path)))
+    sources: list[Path] = []
+    for source in config.client_auth.trusted_cas:
+        if source == BUILTIN:
+            assert ca is not None
+            sources.append(ca.trust_bundle_path)
+        else:
+            sources.append(Path(source))
+    trust_pem = load_trust_bundle(sources) if sources else None
+    contexts = ContextSet(certificates, routes.modes_in_use, trust_pem, config.tls)
+    crl_paths: list[Path] = []
+    for source in config.client_auth.crls:
+        if source == BUILTIN:
+            assert ca is not None
+            if not ca.crl_path.exists():
+                ca.write_crl()
+            crl_paths.append(ca.crl_path)
+        else:
+            crl_paths.append(Path(source))
+    revocation = load_revocation(crl_paths, trust_pem or "")
+    return Runtime(config, routes, contexts, revocation, ca)
+
+
+__all__ = ["Runtime", "TLSSetupError", "build_runtime", "ssl"]

@@ -1,0 +1,154 @@
+"""Server-side SSLContexts: one per (client-auth class, server certificate).
+
+Why several contexts instead of one with an ``sni_callback``: in CPython,
+swapping ``sslobj.context`` inside the callback swaps certificates and trust
+store but keeps the first context's ``verify_mode``, so a per-name
+"certificate required" cannot come from the swap; and every CPython context
+shares one session-id context, so a session resumed across a swap can skip
+client authentication (the nginx CVE-2025-23419 class). certgate instead
+picks the context *before* TLS starts, from the SNI it peeked
+(:mod:`certgate.tls.clienthello`). Each context has its own session cache and
+ticket keys, so a session from a context of one class cannot be resumed on a
+context of another class.
+
+Session tickets are off unless ``tls.session_tickets`` asks for them: OpenSSL
+issues two TLS 1.3 tickets per handshake by default, which costs about a third
+of the server's handshake time, and resumption is where client-auth bypasses
+hide. Identity, validity and policy are re-checked on every connection,
+resumed or not.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from certgate.config.schema import CertificateFiles, ClientAuth, TLSSettings
+from certgate.errors import CertgateError
+from certgate.hostnames import HostTable, InvalidHost, normalise_pattern
+
+_VERIFY_MODE = {
+    ClientAuth.REQUIRE: ssl.CERT_REQUIRED,
+    ClientAuth.OPTIONAL: ssl.CERT_OPTIONAL,
+    ClientAuth.OFF: ssl.CERT_NONE,
+}
+
+
+class TLSSetupError(CertgateError):
+    """A certificate, key or CA bundle could not be loaded (names the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCertificate:
+    files: CertificateFiles
+    names: tuple[str, ...]  # normalised DNS SANs (patterns may be wildcards)
+    not_after: float  # POSIX time, for expiry metrics
+
+
+def read_server_certificate(files: CertificateFiles) -> ServerCertificate:
+    """Load a cert chain's leaf and check the key matches it."""
+    try:
+        chain_pem = files.cert.read_bytes()
+    except OSError as exc:
+        raise TLSSetupError(f"{files.cert}: cannot read: {exc.strerror or exc}") from None
+    try:
+        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+    except ValueError as exc:
+        raise TLSSetupError(f"{files.cert}: not a PEM certificate: {exc}") from None
+    try:
+        key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
+    except OSError as exc:
+        raise TLSSetupError(f"{files.key}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise TLSSetupError(f"{files.key}: not an unencrypted PEM private key: {exc}") from None
+    leaf_public = leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key_public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if leaf_public != key_public:
+        raise TLSSetupError(f"{files.key}: does not match the certificate in {files.cert}")
+    names: list[str] = []
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        for dns in san.get_values_for_type(x509.DNSName):
+            try:
+                names.append(normalise_pattern(dns))
+            except InvalidHost:
+                continue
+    except x509.ExtensionNotFound:
+        pass
+    return ServerCertificate(files, tuple(names), leaf.not_valid_after_utc.timestamp())
+
+
+def load_trust_bundle(sources: Sequence[Path]) -> str:
+    """Concatenate CA bundles into one PEM string, checking each parses."""
+    parts: list[str] = []
+    for path in sources:
+        try:
+            data = path.read_bytes()
+            x509.load_pem_x509_certificates(data)
+        except OSError as exc:
+            raise TLSSetupError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise TLSSetupError(f"{path}: not a PEM CA bundle: {exc}") from None
+        parts.append(data.decode("ascii", "replace"))
+    return "\n".join(parts)
+
+
+def server_context(
+    mode: ClientAuth, cert: CertificateFiles, trust_pem: str | None, settings: TLSSettings
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if settings.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    # HTTP/1.1 only: per-path client authentication cannot work over HTTP/2.
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if not settings.session_tickets:
+        ctx.num_tickets = 0
+        ctx.options |= ssl.OP_NO_TICKET
+    try:
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSSetupError(f"{cert.cert}: cannot load certificate and key: {exc}") from None
+    ctx.verify_mode = _VERIFY_MODE[mode]
+    if mode is not ClientAuth.OFF:
+        if not trust_pem:
+            raise TLSSetupError("client certificates are asked for but no CA is trusted")
+        ctx.load_verify_locations(cadata=trust_pem)
+    return ctx
+
+
+class ContextSet:
+    """Every server context a listener can hand a connection to."""
+
+    def __init__(
+        self,
+        certificates: Sequence[ServerCertificate],
+        modes: frozenset[ClientAuth],
+        trust_pem: str | None,
+        settings: TLSSettings,
+    ) -> None:
+        if not certificates:
+            raise TLSSetupError("no server certificate is configured")
+        self.certificates = tuple(certificates)
+        self._contexts: dict[tuple[ClientAuth, int], ssl.SSLContext] = {}
+        for mode in modes:
+            for index, cert in enumerate(certificates):
+                self._contexts[(mode, index)] = server_context(mode, cert.files, trust_pem,
+                                                               settings)
+        entries: dict[str, int] = {}
+        for index, cert in enumerate(certificates):
+            for name in cert.names:
+                entries.setdefault(name, index)  # first configured certificate wins
+        self._by_name: HostTable[int] = HostTable(entries.items())
+
+    def select(self, sni: str | None, mode: ClientAuth) -> ssl.SSLContext:
+        index = self._by_name.lookup(sni) if sni is not None else None
+        return self._contexts[(mode, index or 0)]

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: real upstreams, a real certgate process."""

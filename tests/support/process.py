@@ -1,0 +1,100 @@
+"""Run certgate as a real subprocess and wait for it on conditions, not sleeps."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+READY = re.compile(r"certgate: ready on (.*)$")
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str,
+               interval: float = 0.02) -> object:
+    """Poll ``condition`` until truthy or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class CertgateProcess:
+    """``certgate run -c FILE`` in a subprocess, with its output captured."""
+
+    def __init__(self, config_text: str, workdir: Path, *, name: str = "certgate.yaml",
+                 args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / name
+        self.config_path.write_text(config_text)
+        self.args = args
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
+        self.ports: list[int] = []
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def start(self, timeout: float = 30.0) -> CertgateProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "certgate", *self.args, "run", "-c", str(self.config_path)],
+            cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+        )
+        self._pump(self.proc.stdout, self.stdout_lines)
+        self._pump(self.proc.stderr, self.stderr_lines)
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError("certgate exited early:\n" + "".join(self.stderr_lines))
+            for line in self.stderr_lines:
+                match = READY.search(line)
+                if match:
+                    self.ports = [int(p.rsplit(":", 1)[1]) for p in match.group(1).split(", ")]
+                    return True
+            return False
+
+        wait_until(ready, timeout, "certgate to be ready")
+        return self
+
+    @staticmethod
+    def _pump(stream: object, sink: list[str]) -> None:
+        def run() -> None:
+            for line in stream:  # type: ignore[attr-defined]
+                sink.append(line)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("certgate did not stop on SIGTERM") from None
+
+    def log_text(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0) -> None:
+        wait_until(lambda: needle in self.log_text(), timeout, f"log line {needle!r}")
