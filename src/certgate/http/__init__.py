@@ -1,0 +1,1 @@
+"""Sans-IO HTTP helpers: request-target normalisation, header rewriting, responses."""
