@@ -1,0 +1,1 @@
+"""TLS building blocks: ClientHello peeking, client identity, contexts, verification."""
