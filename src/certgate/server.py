@@ -63,7 +63,9 @@ class Worker:
         config_path: Path | None,
         reuse_port: bool = False,
         on_ready: Callable[[list[tuple[str, int]]], None] | None = None,
+        install_signals: bool = True,
     ) -> None:
+        self.install_signals = install_signals
         self.config = config
         self.config_path = config_path
         self.reuse_port = reuse_port
@@ -92,9 +94,10 @@ class Worker:
             listener.start()
             self.listeners.append(listener)
             bound.append((listen.host, port))
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if self.install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         log.info("certgate listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if self.on_ready is not None:
             self.on_ready(bound)

@@ -116,8 +116,8 @@ class ClientConnection(Channel):
                     self.h11.start_next_cycle()
                 else:
                     return
-        except (ChannelClosed, ConnectionError):
-            pass
+        except (ChannelClosed, ConnectionError) as exc:
+            log.debug("client connection ended: %r", exc, exc_info=True)
         except Exception:
             log.exception("internal error on a client connection")
         finally:
@@ -130,6 +130,8 @@ class ClientConnection(Channel):
         except HTTPError as exc:
             return await self._refuse(exc, request, started)
         route = admitted.route
+        if not admitted.has_body:
+            self._skip_empty_body()
         if route.upstream.is_whoami:
             return await self._whoami(admitted, request, started)
         plan = Plan(
@@ -151,6 +153,18 @@ class ClientConnection(Channel):
             self, request, admitted, result.status, self.bytes_in - in_before,
             self.bytes_out - out_before, time.monotonic() - started)
         return result.reusable and not self.lost
+
+    def _skip_empty_body(self) -> None:
+        """Take the EndOfMessage h11 yields for a request without a body.
+
+        Only called when the framing headers say there is no body, so h11
+        produces the event without needing more bytes; without this the
+        request never reaches DONE and keep-alive could not continue.
+        """
+        if self.h11.their_state is h11.SEND_BODY:
+            event = self.h11.next_event()
+            if not isinstance(event, h11.EndOfMessage):
+                raise ChannelClosed("expected an empty request body")
 
     async def _whoami(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
         # Read and discard any body so the connection can be reused.
@@ -174,6 +188,12 @@ class ClientConnection(Channel):
     async def _refuse(self, error: HTTPError, request: h11.Request | None, started: float,
                       admitted: Admitted | None = None) -> bool:
         """Answer ``error``; False when the connection must close afterwards."""
+        if request is not None and not error.close and self.h11.their_state is h11.SEND_BODY:
+            raw = request.headers.raw_items()
+            has_body = any(n.lower() == b"transfer-encoding" for n, _ in raw) or any(
+                n.lower() == b"content-length" and v.strip() not in (b"0", b"") for n, v in raw)
+            if not has_body:
+                self._skip_empty_body()
         close = error.close or self.h11.their_state is not h11.DONE
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self.abort()
