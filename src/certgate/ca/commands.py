@@ -1,0 +1,389 @@
+"""The ``certgate ca ...`` verbs: argument parsing and printing, no logic.
+
+Each leaf parser sets ``handler``; the top-level CLI calls
+``args.handler(args)`` and maps :class:`~certgate.errors.CertgateError` to
+``certgate: <message>`` and its exit code. Handlers only translate
+arguments, call :class:`CertificateAuthority`, and print results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from certgate.ca import p12
+from certgate.ca.authority import CertificateAuthority
+from certgate.ca.crl import REASONS
+from certgate.ca.issuance import Delivery, IssuedCertificate
+from certgate.ca.keys import DEFAULT_KEY_TYPE, KEY_TYPES
+from certgate.ca.layout import DEFAULT_STATE_DIR
+from certgate.ca.timeutil import parse_duration, rfc3339
+from certgate.errors import UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+SubParsers = argparse._SubParsersAction  # argparse has no public name for it
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    """``--state``, or the state directory named by ``-c/--config``."""
+    if args.config is not None:
+        config = importlib.import_module("certgate.config")
+        from_config = cast(Callable[[Path], Path], config.state_dir_from_config)
+        return Path(from_config(Path(args.config)))
+    return Path(args.state)
+
+
+def _ca(args: argparse.Namespace) -> CertificateAuthority:
+    return CertificateAuthority.open(state_dir(args))
+
+
+def _lifetime_args(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--days", type=int, metavar="N", help=f"validity in days ({what})")
+    group.add_argument(
+        "--hours", type=int, metavar="N", help="validity in hours, for short-lived certificates"
+    )
+
+
+def _p12_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--p12",
+        action="store_true",
+        help="also write NAME.p12 (3DES/SHA-1 profile that Android 11-13 and iOS import)",
+    )
+    parser.add_argument(
+        "--p12-password",
+        metavar="P",
+        help="password for NAME.p12 (implies --p12); default: a generated one, printed once",
+    )
+    parser.add_argument(
+        "--p12-modern",
+        action="store_true",
+        help="AES-256/PBKDF2 with a SHA-256 MAC instead (implies --p12)",
+    )
+
+
+def _delivery(args: argparse.Namespace) -> tuple[Delivery, str | None]:
+    """The Delivery for --out/--p12*, and the password to print if generated."""
+    wants_p12 = args.p12 or args.p12_modern or args.p12_password is not None
+    password: str | None = None
+    generated = None
+    if wants_p12:
+        if args.p12_password is None:
+            password = generated = p12.generate_password()
+        else:
+            p12.check_password(args.p12_password)
+            password = args.p12_password
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is not a directory")
+    profile = "modern" if args.p12_modern else "legacy"
+    return Delivery(out, password, profile), generated
+
+
+def _report(issued: IssuedCertificate, generated_password: str | None) -> None:
+    print(f"issued {issued.kind} certificate {issued.name}, serial {issued.serial:x}")
+    print(f"  valid until {rfc3339(issued.not_after)}, roles: {', '.join(issued.roles) or '-'}")
+    for path in issued.files:
+        print(f"  wrote {path}")
+    if generated_password is not None:
+        # Shown once, here; never stored or logged anywhere.
+        print(f"PKCS#12 password (shown only now): {generated_password}")
+
+
+# -- handlers ---------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    next_update = parse_duration(args.next_update) if args.next_update else None
+    ca = CertificateAuthority.init(
+        state_dir(args),
+        name=args.name,
+        key_type=args.key_type,
+        offline_root=Path(args.offline_root) if args.offline_root else None,
+        single_tier=args.single_tier,
+        crl_url=args.crl_url,
+        next_update=next_update,
+    )
+    print(f"created CA in {ca.layout.ca_dir}")
+    print(f"  root certificate: {ca.root_cert_path}")
+    print(f"  trust bundle:     {ca.trust_bundle_path}")
+    if args.offline_root:
+        print(f"  root key written to {args.offline_root}: move it off this host")
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    delivery, password = _delivery(args)
+    issued = _ca(args).issue_client(
+        args.name,
+        roles=args.role,
+        days=args.days,
+        hours=args.hours,
+        email=args.email,
+        uri=args.uri,
+        dns=args.dns,
+        key_type=args.key_type,
+        delivery=delivery,
+    )
+    _report(issued, password)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    try:
+        data = Path(args.csr).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read CSR {args.csr}: {exc.strerror}") from None
+    issued = _ca(args).sign_csr(
+        data, name=args.name, roles=args.role, days=args.days, hours=args.hours,
+        out_dir=Path(args.out),
+    )
+    _report(issued, None)
+    return 0
+
+
+def cmd_issue_server(args: argparse.Namespace) -> int:
+    issued = _ca(args).issue_server(
+        args.hosts,
+        name=args.name,
+        days=args.days,
+        hours=args.hours,
+        out_dir=Path(args.out) if args.out else None,
+    )
+    _report(issued, None)
+    return 0
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    delivery, password = _delivery(args)
+    issued = _ca(args).renew(
+        args.name,
+        days=args.days,
+        hours=args.hours,
+        key_type=args.key_type,
+        delivery=delivery,
+        out_dir=Path(args.out),
+    )
+    _report(issued, password if issued.kind == "client" else None)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    inventory = _ca(args).certificates()
+    now = inventory.now
+    horizon = now + parse_duration(args.expiring) if args.expiring else None
+    rows: list[dict[str, Any]] = []
+    for rec in inventory.records:
+        status = rec.status(now)
+        if args.role and args.role not in rec.roles:
+            continue
+        expiring = status in ("valid", "superseded") and (
+            horizon is None or rec.not_after <= horizon
+        )
+        if horizon is not None and not expiring:
+            continue
+        rows.append(
+            {
+                "name": rec.name,
+                "serial": f"{rec.serial:x}",
+                "kind": rec.kind,
+                "roles": list(rec.roles),
+                "sans": list(rec.sans),
+                "not_before": rfc3339(rec.not_before),
+                "not_after": rfc3339(rec.not_after),
+                "status": status,
+                "revocation_reason": rec.revocation_reason,
+                "revoked_at": rfc3339(rec.revoked_at) if rec.revoked_at else None,
+                "superseded_by": f"{rec.superseded_by:x}" if rec.superseded_by else None,
+            }
+        )
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    header = ("NAME", "KIND", "SERIAL", "ROLES", "NOT BEFORE", "NOT AFTER", "STATUS")
+    table = [header] + [
+        (
+            row["name"],
+            row["kind"],
+            row["serial"],
+            ",".join(row["roles"]) or "-",
+            row["not_before"],
+            row["not_after"],
+            row["status"]
+            + (f" ({row['revocation_reason']})" if row["revocation_reason"] else ""),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    ca = _ca(args)
+    if args.next_update:
+        ca.set_next_update(parse_duration(args.next_update))
+    for rec in ca.revoke(args.target, args.reason):
+        print(f"revoked {rec.name} ({rec.serial:x}): {args.reason}")
+    print(f"CRL written to {ca.crl_path}")
+    return 0
+
+
+def cmd_crl(args: argparse.Namespace) -> int:
+    ca = _ca(args)
+    number = ca.write_crl(parse_duration(args.next_update) if args.next_update else None)
+    print(f"CRL number {number} written to {ca.crl_path}")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    ca = _ca(args)
+    result = ca.rotate(
+        root=args.root,
+        root_key=Path(args.root_key) if args.root_key else None,
+        offline_root=Path(args.offline_root) if args.offline_root else None,
+    )
+    if result.root_serial is not None:
+        print(f"new root {result.root_serial:x}; cross certificate: {result.cross_cert}")
+    if result.intermediate_serial is not None:
+        print(f"new issuing intermediate {result.intermediate_serial:x}")
+    for path in result.offline_files:
+        print(f"  wrote {path}: move it off this host")
+    print(f"old CA certificates stay trusted until they expire; bundle: {ca.trust_bundle_path}")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    sys.stdout.write(_ca(args).bundle_pem().decode("ascii"))
+    return 0
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    changed = _ca(args).change_role(args.name, args.role, add=args.role_action == "add")
+    for rec in changed:
+        print(f"{rec.name} ({rec.serial:x}): roles {', '.join(rec.roles) or '-'}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    count = _ca(args).verify_audit()
+    print(f"OK, {count} entries")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state",
+        metavar="DIR",
+        default=str(DEFAULT_STATE_DIR),
+        help="state directory (default: ./certgate-data)",
+    )
+    common.add_argument("-c", "--config", metavar="FILE", help="take the state directory from FILE")
+    return common
+
+
+def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``ca`` and its verbs to the top-level ``add_subparsers()`` object."""
+    common = _common()
+    ca = subparsers.add_parser("ca", help="the built-in private CA")
+    verbs = ca.add_subparsers(dest="ca_command", metavar="VERB", required=True)
+
+    def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, parents=[common], help=help_text, description=help_text)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    p = verb("init", cmd_init, "create a root CA and an issuing intermediate")
+    p.add_argument("--name", default="certgate CA", help="CA name shown to users")
+    p.add_argument("--key-type", choices=list(KEY_TYPES), default=DEFAULT_KEY_TYPE)
+    p.add_argument(
+        "--offline-root", metavar="DIR",
+        help="write the root key only to DIR, to be moved off this host",
+    )
+    p.add_argument(
+        "--single-tier", action="store_true",
+        help="let the root issue directly (Home Assistant iOS, home-assistant/iOS#4477)",
+    )
+    p.add_argument("--crl-url", metavar="URL", help="CRL distribution point put in certificates")
+    p.add_argument("--next-update", metavar="DUR", help="CRL nextUpdate period (default 7d)")
+
+    out_help = (
+        "directory for the files (default: the current directory, so client keys "
+        "do not stay on the proxy host)"
+    )
+    p = verb("issue", cmd_issue, "issue a client certificate with a fresh key")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--role", action="append", default=[], metavar="R", help="repeatable")
+    _lifetime_args(p, "default 365")
+    p.add_argument("--email", action="append", default=[], metavar="E")
+    p.add_argument("--uri", action="append", default=[], metavar="U")
+    p.add_argument("--dns", action="append", default=[], metavar="D")
+    p.add_argument("--key-type", choices=list(KEY_TYPES), default=DEFAULT_KEY_TYPE)
+    _p12_args(p)
+    p.add_argument("--out", metavar="DIR", default=".", help=out_help)
+
+    p = verb("sign", cmd_sign, "sign a client CSR, so the key never leaves the device")
+    p.add_argument("csr", metavar="CSR", help="PEM or DER file")
+    p.add_argument("--name", help="inventory name (default: the CSR's common name)")
+    p.add_argument("--role", action="append", default=[], metavar="R")
+    _lifetime_args(p, "default 365")
+    p.add_argument("--out", metavar="DIR", default=".", help="directory for NAME.crt")
+
+    p = verb("issue-server", cmd_issue_server, "issue a server certificate")
+    p.add_argument("hosts", nargs="+", metavar="HOST", help="DNS names, *.wildcards, IPs")
+    p.add_argument("--name", help="inventory name (default: the first HOST)")
+    _lifetime_args(p, "default 90")
+    p.add_argument("--out", metavar="DIR", help="default: STATE/ca/servers/, for the proxy")
+
+    p = verb("list", cmd_list, "show the inventory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--expiring", metavar="DUR", help="only valid ones expiring within DUR")
+    p.add_argument("--role", metavar="R", help="only certificates with role R")
+
+    p = verb("revoke", cmd_revoke, "revoke by serial, or every valid certificate of NAME")
+    p.add_argument("target", metavar="NAME|SERIAL")
+    p.add_argument("--reason", choices=list(REASONS), default="unspecified")
+    p.add_argument("--next-update", metavar="DUR", help="CRL nextUpdate period, remembered")
+
+    p = verb("crl", cmd_crl, "re-sign the CRL (for a daily timer)")
+    p.add_argument("--next-update", metavar="DUR", help="CRL nextUpdate period, remembered")
+
+    p = verb("renew", cmd_renew, "new key and certificate for NAME; the old one is superseded")
+    p.add_argument("name", metavar="NAME")
+    _lifetime_args(p, "default: as before")
+    p.add_argument("--key-type", choices=list(KEY_TYPES), default=DEFAULT_KEY_TYPE)
+    _p12_args(p)
+    p.add_argument("--out", metavar="DIR", default=".", help=out_help)
+
+    p = verb("rotate", cmd_rotate, "new issuing intermediate (with --root, a new root too)")
+    p.add_argument("--root", action="store_true", help="also a new root, cross-signed by the old")
+    p.add_argument("--root-key", metavar="FILE", help="the root key, if it is offline")
+    p.add_argument("--offline-root", metavar="DIR", help="where the new root key goes")
+
+    verb("bundle", cmd_bundle, "print the trust bundle (PEM) the proxy should trust")
+
+    role = verbs.add_parser("role", help="change a certificate's roles without reissuing it")
+    role_verbs = role.add_subparsers(dest="role_action", metavar="add|remove", required=True)
+    for action in ("add", "remove"):
+        p = role_verbs.add_parser(action, parents=[common], help=f"{action} a role")
+        p.add_argument("name", metavar="NAME|SERIAL")
+        p.add_argument("role", metavar="ROLE")
+        p.set_defaults(handler=cmd_role)
+
+    audit = verbs.add_parser("audit", help="the audit log")
+    audit_verbs = audit.add_subparsers(dest="audit_action", metavar="verify", required=True)
+    p = audit_verbs.add_parser("verify", parents=[common], help="check the hash chain")
+    p.set_defaults(handler=cmd_audit_verify)

@@ -1,0 +1,299 @@
+"""Issuing leaves: client certificates, CSRs, server certificates, renewals.
+
+Every path ends in :func:`issue`, which checks the name, signs, and hands
+the row and the files to :meth:`Session.commit`; see
+:mod:`certgate.ca.journal` for why a crash leaves all of it or none.
+The order inside :func:`issue` is: check (nothing written) -> key -> sign
+-> stage files -> COMMIT row -> rename files -> settle (CRL, audit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from certgate.ca import p12
+from certgate.ca.journal import Output
+from certgate.ca.keys import (
+    DEFAULT_KEY_TYPE,
+    PrivateKey,
+    generate_key,
+    key_to_pem,
+    load_key,
+)
+from certgate.ca.layout import CALayout, check_name
+from certgate.ca.profiles import LeafSpec, build_leaf, san_strings
+from certgate.ca.session import Session, fault_point, pem
+from certgate.ca.store import CertRecord
+from certgate.errors import CAError, UsageError
+
+# Roles are matched by the proxy's policy, never turned into paths; the
+# alphabet still excludes spaces and commas so they list and parse cleanly.
+_ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+
+
+def check_role(role: str) -> str:
+    if not _ROLE.fullmatch(role):
+        raise UsageError(
+            f"invalid role {role!r}: use up to 64 letters, digits and ._:@- "
+            "(starting with a letter or digit)"
+        )
+    return role
+
+
+def check_roles(roles: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(check_role(role) for role in roles))
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A freshly signed certificate; ``key_pem`` is empty for a signed CSR."""
+
+    name: str
+    serial: int
+    cert_pem: bytes
+    key_pem: bytes
+    chain_pem: bytes
+    not_after: datetime
+    kind: str = "client"
+    roles: tuple[str, ...] = ()
+    ca_certs: tuple[x509.Certificate, ...] = ()
+    files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where the files of a client certificate go, and whether to add a p12."""
+
+    out_dir: Path
+    p12_password: str | None = None
+    p12_profile: str = "legacy"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: str  # audit operation and fault-point prefix
+    name: str
+    kind: str
+    subject: x509.Name
+    sans: tuple[x509.GeneralName, ...]
+    lifetime: timedelta
+    roles: tuple[str, ...] = ()
+    public_key: CertificatePublicKeyTypes | None = None  # None: generate a key
+    key_type: str = DEFAULT_KEY_TYPE
+    supersedes: tuple[int, ...] = field(default=())
+
+
+Render = Callable[[IssuedCertificate], Sequence[Output]]
+
+
+def client_files(delivery: Delivery) -> Render:
+    """NAME.crt, NAME.chain.pem, NAME.key (0600) and optionally NAME.p12 (0600)."""
+
+    def render(issued: IssuedCertificate) -> list[Output]:
+        base = delivery.out_dir
+        out = [
+            Output(base / f"{issued.name}.crt", issued.cert_pem),
+            Output(base / f"{issued.name}.chain.pem", issued.chain_pem),
+        ]
+        if issued.key_pem:
+            out.append(Output(base / f"{issued.name}.key", issued.key_pem, 0o600))
+            if delivery.p12_password is not None:
+                bundle = p12.build_p12(
+                    issued.name,
+                    _key_from_pem(issued.key_pem),
+                    x509.load_pem_x509_certificate(issued.cert_pem),
+                    issued.ca_certs,
+                    delivery.p12_password,
+                    profile=delivery.p12_profile,
+                )
+                out.append(Output(base / f"{issued.name}.p12", bundle, 0o600))
+        return out
+
+    return render
+
+
+def server_files(layout: CALayout, out_dir: Path | None) -> Render:
+    """NAME.fullchain.pem and NAME.key (0600), by default in STATE/ca/servers/."""
+
+    def render(issued: IssuedCertificate) -> list[Output]:
+        if out_dir is None:
+            fullchain, key = layout.server_files(issued.name)
+        else:
+            fullchain = out_dir / f"{issued.name}.fullchain.pem"
+            key = out_dir / f"{issued.name}.key"
+        return [Output(fullchain, issued.chain_pem), Output(key, issued.key_pem, 0o600)]
+
+    return render
+
+
+def _key_from_pem(data: bytes) -> PrivateKey:
+    key = load_pem_private_key(data, password=None)
+    if not isinstance(key, PrivateKey):  # cannot happen: we generated it
+        raise CAError("unexpected private key type")
+    return key
+
+
+def issue(s: Session, req: Request, render: Render) -> IssuedCertificate:
+    """Sign one leaf and publish it with its inventory row, atomically."""
+    check_name(req.name)
+    roles = check_roles(req.roles)
+    for current in s.store.valid_by_name(req.name, s.now):
+        if current.superseded_by is None and current.serial not in req.supersedes:
+            raise CAError(
+                f"a valid {current.kind} certificate named {req.name!r} already exists "
+                f"(serial {current.serial:x}); renew or revoke it first"
+            )
+    issuer = s.store.active_issuer()
+    issuer_cert, issuer_key = s.cert_of(issuer), s.key_for(issuer)
+    private_key = None
+    public_key = req.public_key
+    if public_key is None:
+        private_key = generate_key(req.key_type)
+        public_key = private_key.public_key()
+    fault_point(f"{req.op}-after-key")
+    spec = LeafSpec(
+        kind=req.kind,
+        subject=req.subject,
+        public_key=public_key,
+        sans=req.sans,
+        not_before=s.now,
+        not_after=s.now + req.lifetime,
+        crl_url=s.store.get("crl_url"),
+    )
+    cert = build_leaf(spec, issuer_cert, issuer_key)
+    ca_certs = tuple(s.ca_chain(issuer))
+    chain_pem = pem(cert)
+    if issuer_cert.issuer != issuer_cert.subject:  # two-tier: add the intermediate
+        chain_pem += pem(issuer_cert)
+    issued = IssuedCertificate(
+        name=req.name,
+        serial=cert.serial_number,
+        cert_pem=pem(cert),
+        key_pem=key_to_pem(private_key) if private_key is not None else b"",
+        chain_pem=chain_pem,
+        not_after=cert.not_valid_after_utc,
+        kind=req.kind,
+        roles=roles,
+        ca_certs=ca_certs,
+    )
+    outputs = render(issued)
+    record = CertRecord(
+        serial=cert.serial_number,
+        name=req.name,
+        kind=req.kind,
+        roles=roles,
+        sans=tuple(san_strings(req.sans)),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        lifetime=int(req.lifetime.total_seconds()),
+        issuer_serial=issuer.serial,
+        cert_pem=issued.cert_pem,
+        issued_at=s.now,
+        superseded_by=None,
+        revoked_at=None,
+        revocation_reason=None,
+    )
+
+    def apply() -> None:
+        s.store.add_certificate(record)
+        for old in req.supersedes:
+            s.store.mark_superseded(old, record.serial)
+        extra = {"supersedes": [f"{old:x}" for old in req.supersedes]} if req.supersedes else {}
+        s.audit(
+            req.op,
+            name=req.name,
+            serial=record.serial,
+            roles=roles,
+            not_after=record.not_after,
+            kind=req.kind,
+            **extra,
+        )
+
+    s.commit(req.op, record.serial, outputs, apply)
+    return dataclasses.replace(issued, files=tuple(out.path for out in outputs))
+
+
+def renewal(s: Session, name: str, lifetime: timedelta | None, key_type: str) -> Request:
+    """A request for the same identity and roles as the newest unrevoked ``name``."""
+    history = s.store.certificates(name)
+    unrevoked = [rec for rec in history if rec.revoked_at is None]
+    if not unrevoked:
+        if history:
+            raise CAError(f"every certificate named {name!r} is revoked; issue a new one")
+        raise CAError(f"no certificate named {name!r}")
+    old = unrevoked[-1]
+    cert = x509.load_pem_x509_certificate(old.cert_pem)
+    try:
+        sans = tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        sans = ()
+    supersedes = tuple(
+        rec.serial
+        for rec in s.store.valid_by_name(name, s.now)
+        if rec.superseded_by is None
+    )
+    if old.serial not in supersedes:
+        supersedes += (old.serial,)
+    return Request(
+        op="renew",
+        name=name,
+        kind=old.kind,
+        subject=cert.subject,
+        sans=sans,
+        lifetime=lifetime or timedelta(seconds=old.lifetime),
+        roles=old.roles,
+        key_type=key_type,
+        supersedes=supersedes,
+    )
+
+
+def server_name(host: str) -> str:
+    """A file-safe inventory name for a server certificate's first host."""
+    text = host.strip("[]").lower().replace("*", "wildcard").replace(":", "-")
+    text = re.sub(r"[^a-z0-9._-]", "_", text).lstrip(".")
+    return text[:64] or "server"
+
+
+def covers(sans: Sequence[str], host: str) -> bool:
+    """Would a client accept a certificate with ``sans`` for ``host``?
+
+    Exact match, or a ``*.`` wildcard standing for exactly one leftmost label
+    (RFC 6125 6.4.3); IP literals only match iPAddress entries.
+    """
+    try:
+        wanted_ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        wanted = host.rstrip(".").lower()
+        if wanted in sans:
+            return True
+        label, _, rest = wanted.partition(".")
+        return bool(label) and label != "*" and bool(rest) and f"*.{rest}" in sans
+    return str(wanted_ip) in sans
+
+
+def reusable_server(s: Session, hosts: Sequence[str], min_left: timedelta) -> CertRecord | None:
+    """The newest stored server certificate covering ``hosts`` with time to spare."""
+    for rec in reversed(s.store.certificates()):
+        if rec.kind != "server" or rec.status(s.now) != "valid":
+            continue
+        if rec.not_after - s.now <= min_left or not all(covers(rec.sans, h) for h in hosts):
+            continue
+        fullchain, key = s.layout.server_files(rec.name)
+        try:
+            leaf = x509.load_pem_x509_certificate(fullchain.read_bytes())
+            load_key(key)
+        except (OSError, ValueError, CAError):
+            continue
+        if leaf.serial_number == rec.serial:
+            return rec
+    return None

@@ -1,0 +1,339 @@
+"""Certificate profiles: what every certificate this CA signs looks like.
+
+Pure functions from keys, names and times to ``x509.Certificate``; no files,
+no database. Keeping the profiles here, side by side, makes the security
+properties reviewable in one place:
+
+* roots: CA:TRUE without a path length (a cross-signed new root adds one
+  non-self-issued link under the old root, RFC 5280 6.1.4 (l)), keyCertSign
+  and cRLSign only;
+* intermediates: CA:TRUE, pathLen 0 (they sign leaves, never other CAs);
+* client leaves: CA:FALSE, digitalSignature only, clientAuth EKU only, so a
+  stolen client certificate cannot impersonate a server or sign anything;
+* server leaves: the same with serverAuth instead of clientAuth.
+
+All extensions that constrain use are marked critical (RFC 5280 4.2.1.3,
+4.2.1.9); key identifiers let chain building pick the right CA when old and
+new CAs overlap after a rotation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from certgate.ca.keys import MIN_RSA_BITS, PrivateKey, random_serial, signature_hash
+from certgate.errors import CAError, UsageError
+
+# Backdate notBefore so a device whose clock is a few minutes slow does not
+# reject a certificate issued a moment ago (Let's Encrypt backdates by 1 h;
+# a home network's NTP drift is far smaller).
+CLOCK_SKEW = timedelta(minutes=5)
+
+ROOT_LIFETIME = timedelta(days=3650)
+INTERMEDIATE_LIFETIME = timedelta(days=730)
+CLIENT_LIFETIME = timedelta(days=365)
+# Matches the ACME norm so users meet renewal early and often.
+SERVER_LIFETIME = timedelta(days=90)
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def ca_subject(organization: str, common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+        ]
+    )
+
+
+def _ca_extensions(
+    builder: x509.CertificateBuilder,
+    public_key: CertificatePublicKeyTypes,
+    issuer_key: PrivateKey,
+    path_length: int | None,
+) -> x509.CertificateBuilder:
+    return (
+        builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
+    )
+
+
+def build_root(key: PrivateKey, subject: x509.Name, now: datetime) -> x509.Certificate:
+    """A self-signed root valid for :data:`ROOT_LIFETIME`."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + ROOT_LIFETIME)
+    )
+    builder = _ca_extensions(builder, key.public_key(), key, None)
+    return builder.sign(key, signature_hash(key))
+
+
+def build_cross(
+    new_root: x509.Certificate, old_root: x509.Certificate, old_key: PrivateKey, now: datetime
+) -> x509.Certificate:
+    """The new root's name and key, signed by the old root.
+
+    A client that trusts only the old root can reach the new one through this
+    certificate, which is what makes a root rotation gradual.
+    """
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(new_root.subject)
+        .issuer_name(old_root.subject)
+        .public_key(new_root.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(new_root.not_valid_after_utc, old_root.not_valid_after_utc))
+    )
+    builder = _ca_extensions(builder, new_root.public_key(), old_key, None)
+    return builder.sign(old_key, signature_hash(old_key))
+
+
+def build_intermediate(
+    key: PrivateKey,
+    subject: x509.Name,
+    root: x509.Certificate,
+    root_key: PrivateKey,
+    now: datetime,
+) -> x509.Certificate:
+    """An issuing CA (pathLen 0) that never outlives its root."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(root.subject)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + INTERMEDIATE_LIFETIME, root.not_valid_after_utc))
+    )
+    builder = _ca_extensions(builder, key.public_key(), root_key, 0)
+    return builder.sign(root_key, signature_hash(root_key))
+
+
+@dataclass(frozen=True, slots=True)
+class LeafSpec:
+    """Everything that varies between two leaves of the same kind."""
+
+    kind: str  # "client" or "server"
+    subject: x509.Name
+    public_key: CertificatePublicKeyTypes
+    sans: tuple[x509.GeneralName, ...]
+    not_before: datetime
+    not_after: datetime
+    crl_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("client", "server"):
+            raise ValueError(f"unknown leaf kind {self.kind!r}")
+        if self.not_after <= self.not_before:
+            raise ValueError("notAfter must follow notBefore")
+
+
+def build_leaf(
+    spec: LeafSpec, issuer: x509.Certificate, issuer_key: PrivateKey
+) -> x509.Certificate:
+    """Sign a client or server leaf; its notAfter is clamped to the issuer's."""
+    if spec.kind == "client":
+        eku = ExtendedKeyUsageOID.CLIENT_AUTH
+    else:
+        eku = ExtendedKeyUsageOID.SERVER_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(spec.subject)
+        .issuer_name(issuer.subject)
+        .public_key(spec.public_key)
+        .serial_number(random_serial())
+        .not_valid_before(spec.not_before - CLOCK_SKEW)
+        .not_valid_after(min(spec.not_after, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([eku]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(spec.public_key), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
+    )
+    if spec.sans:
+        # RFC 5280 4.2.1.6: critical only when the subject is empty.
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(list(spec.sans)), not len(spec.subject)
+        )
+    if spec.crl_url:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(spec.crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), False)
+    return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
+def common_name(name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
+
+
+def client_sans(
+    emails: Sequence[str] = (), uris: Sequence[str] = (), dns: Sequence[str] = ()
+) -> tuple[x509.GeneralName, ...]:
+    """SubjectAltName entries for a client certificate (--email/--uri/--dns)."""
+    names: list[x509.GeneralName] = []
+    for email in emails:
+        if "@" not in email or not email.isascii():
+            raise UsageError(f"--email {email!r} is not an ASCII e-mail address")
+        names.append(x509.RFC822Name(email))
+    for uri in uris:
+        if ":" not in uri or not uri.isascii():
+            raise UsageError(f"--uri {uri!r} is not an absolute ASCII URI")
+        names.append(x509.UniformResourceIdentifier(uri))
+    names.extend(x509.DNSName(normalize_host(host, wildcard=False)) for host in dns)
+    return tuple(names)
+
+
+def normalize_host(host: str, *, wildcard: bool = True) -> str:
+    """Validate a DNS name (A-labels only) and return it lowercased.
+
+    A wildcard is allowed only as the whole leftmost label of a name with at
+    least two more labels (``*.example.com``), the only form clients match
+    (RFC 6125 6.4.3).
+    """
+    text = host.strip().rstrip(".").lower()
+    labels = text.split(".")
+    if wildcard and labels[0] == "*" and len(labels) >= 3:
+        labels = labels[1:]
+    if (
+        not text
+        or len(text) > 253
+        or not text.isascii()
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+    ):
+        raise UsageError(f"{host!r} is not a valid DNS name (use punycode for IDNs)")
+    return text
+
+
+def server_sans(hosts: Sequence[str]) -> tuple[x509.GeneralName, ...]:
+    """SANs for a server: IP literals become iPAddress, the rest dNSName."""
+    if not hosts:
+        raise UsageError("a server certificate needs at least one host name")
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host.strip("[]"))))
+        except ValueError:
+            names.append(x509.DNSName(normalize_host(host)))
+    return tuple(dict.fromkeys(names))
+
+
+def san_strings(sans: Sequence[x509.GeneralName]) -> list[str]:
+    """Human-readable SAN values, as stored in the inventory."""
+    return [str(name.value) for name in sans]
+
+
+@dataclass(frozen=True, slots=True)
+class CSRContents:
+    """What a CSR may contribute to a certificate: subject, SANs, the key."""
+
+    subject: x509.Name
+    sans: tuple[x509.GeneralName, ...]
+    public_key: CertificatePublicKeyTypes
+
+
+def check_csr(csr: x509.CertificateSigningRequest) -> CSRContents:
+    """Verify a CSR and refuse anything beyond a client certificate's rights.
+
+    A CSR is a request, not an instruction: only its subject, its SANs and
+    its public key are used. Still, a CSR that asks for CA rights or server
+    authentication signals a confused (or hostile) requester, so it is
+    refused outright with a message naming what was asked rather than
+    silently trimmed.
+
+    Raises:
+        CAError: bad signature, unsupported key, or forbidden rights asked.
+    """
+    if not csr.is_signature_valid:
+        raise CAError("the CSR signature does not verify; it was altered or corrupted")
+    key = csr.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise CAError(f"the CSR has a {key.key_size}-bit RSA key; at least 2048 is needed")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            raise CAError(f"the CSR key uses curve {key.curve.name}; use P-256 or P-384")
+    else:
+        raise CAError("the CSR key is neither RSA nor ECDSA P-256/P-384")
+    try:
+        extensions = csr.extensions
+    except ValueError as exc:
+        raise CAError(f"the CSR extensions cannot be parsed: {exc}") from None
+    asked: list[str] = []
+    for ext in extensions:
+        value = ext.value
+        if isinstance(value, x509.BasicConstraints) and value.ca:
+            asked.append("CA rights (basicConstraints CA:TRUE)")
+        elif isinstance(value, x509.ExtendedKeyUsage):
+            if ExtendedKeyUsageOID.SERVER_AUTH in value:
+                asked.append("server authentication (extendedKeyUsage serverAuth)")
+            if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in value:
+                asked.append("any extended key usage (anyExtendedKeyUsage)")
+        elif isinstance(value, x509.KeyUsage):
+            if value.key_cert_sign:
+                asked.append("certificate signing (keyUsage keyCertSign)")
+            if value.crl_sign:
+                asked.append("CRL signing (keyUsage cRLSign)")
+    if asked:
+        raise CAError("refusing to sign: the CSR asks for " + " and ".join(asked))
+    sans: tuple[x509.GeneralName, ...] = ()
+    for ext in extensions:
+        if isinstance(ext.value, x509.SubjectAlternativeName):
+            sans = tuple(ext.value)
+    return CSRContents(subject=csr.subject, sans=sans, public_key=key)
+
+
+def csr_common_name(subject: x509.Name) -> str | None:
+    attrs = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None
