@@ -59,6 +59,11 @@ def _path_matches(pattern: str, path: str) -> bool:
     return fnmatch.fnmatchcase(path, pattern)
 
 
+def _is_hex(value: str) -> bool:
+    digits = value.replace(":", "")
+    return bool(digits) and all(c in "0123456789abcdefABCDEF" for c in digits)
+
+
 def _identity_matches(matcher: str, identity: ClientIdentity | None, roles: Iterable[str]) -> bool:
     if matcher == "any":
         return identity is not None
@@ -74,7 +79,7 @@ def _identity_matches(matcher: str, identity: ClientIdentity | None, roles: Iter
     if kind == "fingerprint":
         return identity.fingerprint == value.lower().replace(":", "")
     if kind == "serial":
-        return identity.serial_hex == value.lower().replace(":", "").lstrip("0")
+        return identity.serial == int(value.replace(":", ""), 16) if _is_hex(value) else False
     if kind == "issuer":
         return identity.issuer_dn == value
     if kind in {"o", "ou"}:

@@ -29,7 +29,12 @@ from certgate.tls.contexts import (
     load_trust_bundle,
     read_server_certificate,
 )
-from certgate.tls.identity import ClientIdentity, IdentityCache, check_client_certificate_profile
+from certgate.tls.identity import (
+    ClientIdentity,
+    IdentityCache,
+    InvalidCertificate,
+    check_client_certificate_profile,
+)
 
 if TYPE_CHECKING:
     from certgate.ca import CertificateAuthority
@@ -71,14 +76,18 @@ class Runtime:
             self.refresh_roles()
 
     # -- per connection -------------------------------------------------
-    def check_peer(self, der: bytes) -> tuple[ClientIdentity, str | None]:
+    def check_peer(self, der: bytes) -> tuple[ClientIdentity | None, str | None]:
         """The identity of a verified peer, and a reason to refuse it, if any.
 
         Runs for every connection, resumed sessions included: a resumed
         session still carries the peer certificate, and revocation or expiry
         since the session was made must still bite.
         """
-        identity = self.identities.get_or_parse(der)
+        try:
+            identity = self.identities.get_or_parse(der)
+        except InvalidCertificate as exc:
+            # OpenSSL accepted it but we cannot read it: refuse (fail closed).
+            return None, f"client certificate could not be parsed: {exc}"
         reason = check_client_certificate_profile(identity)
         if reason is None:
             reason = self.revocation.check(identity)

@@ -69,7 +69,10 @@ class Connection:
         headers: dict[str, str] = {}
         body = bytearray()
         while True:
-            event = self.h11.next_event()
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ConnectionError(f"server closed or broke the connection: {exc}") from exc
             if event is h11.NEED_DATA:
                 try:
                     data = self.sock.recv(65536)

@@ -41,6 +41,7 @@ class CertgateProcess:
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
         self.ports: list[int] = []
+        self._threads: list[threading.Thread] = []
 
     @property
     def port(self) -> int:
@@ -59,6 +60,7 @@ class CertgateProcess:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
+                self._reap()
                 raise AssertionError("certgate exited early:\n" + "".join(self.stderr_lines))
             for line in self.stderr_lines:
                 match = READY.search(line)
@@ -70,28 +72,42 @@ class CertgateProcess:
         wait_until(ready, timeout, "certgate to be ready")
         return self
 
-    @staticmethod
-    def _pump(stream: object, sink: list[str]) -> None:
+    def _pump(self, stream: object, sink: list[str]) -> None:
         def run() -> None:
             for line in stream:  # type: ignore[attr-defined]
                 sink.append(line)
 
-        threading.Thread(target=run, daemon=True).start()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _reap(self) -> None:
+        """After exit: let the readers reach EOF, then close the pipes."""
+        assert self.proc is not None
+        for thread in self._threads:
+            thread.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError("certgate did not stop on SIGTERM") from None
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                self._reap()
+                raise AssertionError("certgate did not stop on SIGTERM") from None
+        self._reap()
+        return self.proc.returncode
 
     def log_text(self) -> str:
         return "".join(self.stderr_lines)

@@ -51,6 +51,10 @@ class Upstream:
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             self.loop.run_forever()
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
@@ -64,6 +68,7 @@ class Upstream:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
+            self.sse_release.set()
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
