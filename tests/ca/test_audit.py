@@ -97,6 +97,20 @@ def test_chain_alone_names_the_edited_line() -> None:
     assert info.value.line == 2
 
 
+def test_forged_high_seq_line_does_not_swallow_entries(
+    ca: CertificateAuthority, cli: Callable[..., Result]
+) -> None:
+    forged = b'{"operation":"forged","seq":99,"prev":"' + GENESIS.encode() + b'"}\n'
+    with ca.layout.audit_log.open("ab") as handle:
+        handle.write(forged)
+    ca.issue_client("after-forgery")
+    operations = [json.loads(line)["operation"] for line in lines(ca)]
+    assert operations == ["init", "forged", "issue"]
+    result = cli("audit", "verify")
+    assert result.code == 1
+    assert "audit log line 2:" in result.err
+
+
 def test_no_secrets_in_log(tmp_path: Path, ca: CertificateAuthority) -> None:
     issued = ca.issue_client("secret")
     log = ca.layout.audit_log.read_bytes()

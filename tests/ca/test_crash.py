@@ -93,6 +93,16 @@ def test_crash_during_rotate_keeps_old_intermediate(
     assert ca.issuing_cert_path.read_bytes() != before
 
 
+def test_crash_between_audit_append_and_record_does_not_duplicate(
+    ca: CertificateAuthority, proc: Callable[..., Result], out_dir: Path
+) -> None:
+    crash(proc, "audit-after-append", "issue", "dan", "--out", out_dir)
+    assert (out_dir / "dan.crt").is_file()  # files were published before the audit flush
+    assert proc("audit", "verify").out.strip() == "OK, 2 entries"
+    assert proc("issue", "eve", "--out", out_dir).code == 0
+    assert proc("audit", "verify").out.strip() == "OK, 3 entries"
+
+
 def test_crash_during_init_allows_a_fresh_init(
     state: Path, proc: Callable[..., Result]
 ) -> None:

@@ -91,16 +91,22 @@ def last_line(path: Path) -> bytes | None:
     return lines[-1] if lines and lines[-1] else None
 
 
-def last_seq_and_hash(path: Path) -> tuple[int, str]:
-    """(seq, hash) of the last line, or (0, GENESIS) for an empty log."""
+def last_entry(path: Path) -> tuple[dict[str, Any] | None, int, str]:
+    """(body without seq/prev, seq, hash) of the last line; (None, 0, GENESIS) if empty.
+
+    The body lets the flush recognise its own entry after a crash, rather
+    than trusting any line that merely claims a high ``seq``.
+    """
     line = last_line(path)
     if line is None:
-        return 0, GENESIS
+        return None, 0, GENESIS
     try:
-        seq = int(json.loads(line)["seq"])
-    except (ValueError, KeyError, TypeError):
-        seq = -1  # unparsable tail: append anyway, verify will report it
-    return seq, line_hash(line)
+        entry = json.loads(line)
+        seq = int(entry.pop("seq"))
+        entry.pop("prev")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, -1, line_hash(line)  # unparsable tail: verify will report it
+    return entry, seq, line_hash(line)
 
 
 def append(path: Path, line: bytes) -> None:

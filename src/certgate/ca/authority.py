@@ -10,7 +10,6 @@ WAL mode lets them run while an operation writes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,7 +29,6 @@ from certgate.ca.profiles import (
     client_sans,
     common_name,
     csr_common_name,
-    san_strings,
     server_sans,
 )
 from certgate.ca.session import Session, session
@@ -219,52 +217,26 @@ class CertificateAuthority:
         Files go to ``STATE/ca/servers/`` (where the proxy finds them) unless
         ``out_dir`` is given.
         """
-        sans = server_sans(hosts)
         chosen = check_name(name or issuance.server_name(hosts[0]))
+        validity = lifetime(days, hours, SERVER_LIFETIME)
         with self.session() as s:
-            validity = lifetime(days, hours, SERVER_LIFETIME)
-            return self._issue_server(s, hosts, sans, chosen, validity, out_dir)
-
-    def _issue_server(
-        self,
-        s: Session,
-        hosts: Sequence[str],
-        sans: tuple[x509.GeneralName, ...],
-        name: str,
-        validity: timedelta,
-        out_dir: Path | None,
-    ) -> IssuedCertificate:
-        current = [r for r in s.store.valid_by_name(name, s.now) if r.superseded_by is None]
-        if any(r.kind != "server" for r in current):
-            raise CAError(f"the name {name!r} belongs to a client certificate; pick another --name")
-        request = Request(
-            op="issue-server",
-            name=name,
-            kind="server",
-            subject=common_name(hosts[0].strip("[]")),
-            sans=sans,
-            lifetime=validity,
-            supersedes=tuple(r.serial for r in current),
-        )
-        return issuance.issue(s, request, issuance.server_files(self.layout, out_dir))
+            request = issuance.server_request(s, hosts, chosen, validity)
+            return issuance.issue(s, request, issuance.server_files(self.layout, out_dir))
 
     def ensure_server_certificate(self, hosts: Sequence[str]) -> tuple[Path, Path]:
         """(fullchain, key) in the state dir for a certificate covering ``hosts``.
 
         Reuses a stored one with more than 30 days left; otherwise issues one.
         """
-        sans = server_sans(hosts)
+        server_sans(hosts)  # validate before taking the lock
         with self.session() as s:
             found = issuance.reusable_server(s, hosts, SERVER_RENEW_BEFORE)
-            if found is None:
-                # One name per host set, so two routes with different hosts
-                # never supersede each other's certificate back and forth.
-                digest = hashlib.sha256(",".join(sorted(san_strings(sans))).encode()).hexdigest()
-                name = check_name(f"{issuance.server_name(hosts[0])[:55]}-{digest[:8]}")
-                found_name = self._issue_server(s, hosts, sans, name, SERVER_LIFETIME, None).name
-            else:
-                found_name = found.name
-        return self.layout.server_files(found_name)
+            if found is not None:
+                return self.layout.server_files(found.name)
+            name = issuance.host_set_name(hosts)
+            request = issuance.server_request(s, hosts, name, SERVER_LIFETIME)
+            issuance.issue(s, request, issuance.server_files(self.layout, None))
+        return self.layout.server_files(name)
 
     def renew(
         self,
@@ -336,11 +308,15 @@ class CertificateAuthority:
             return [s.store.certificate(rec.serial) or rec for rec in targets]
 
     def write_crl(self, next_update: timedelta | None = None) -> int:
-        """Re-sign ``crl.pem`` (number incremented); return the CRL number."""
+        """Re-sign ``crl.pem`` (number incremented); return the CRL number.
+
+        Meant for a daily timer. It also drops CA certificates that have
+        expired since from ``bundle.pem`` (the file is untouched otherwise).
+        """
         with self.session() as s:
             if next_update is not None:
                 self._store_next_update(s, next_update)
-            return s.write_crl(record=True)
+            return s.refresh_derived(record_crl=True)
 
     @staticmethod
     def _store_next_update(s: Session, next_update: timedelta) -> None:

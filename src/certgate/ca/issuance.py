@@ -10,6 +10,7 @@ The order inside :func:`issue` is: check (nothing written) -> key -> sign
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from certgate.ca.keys import (
     load_key,
 )
 from certgate.ca.layout import CALayout, check_name
-from certgate.ca.profiles import LeafSpec, build_leaf, san_strings
+from certgate.ca.profiles import LeafSpec, build_leaf, common_name, san_strings, server_sans
 from certgate.ca.session import Session, fault_point, pem
 from certgate.ca.store import CertRecord
 from certgate.errors import CAError, UsageError
@@ -262,6 +263,33 @@ def server_name(host: str) -> str:
     text = host.strip("[]").lower().replace("*", "wildcard").replace(":", "-")
     text = re.sub(r"[^a-z0-9._-]", "_", text).lstrip(".")
     return text[:64] or "server"
+
+
+def host_set_name(hosts: Sequence[str]) -> str:
+    """The inventory name for an automatic server certificate of ``hosts``.
+
+    One name per host set, so two routes with different hosts never
+    supersede each other's certificate back and forth.
+    """
+    canonical = ",".join(sorted(san_strings(server_sans(hosts))))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    return check_name(f"{server_name(hosts[0])[:55]}-{digest}")
+
+
+def server_request(s: Session, hosts: Sequence[str], name: str, validity: timedelta) -> Request:
+    """A server certificate request that supersedes the current one of ``name``."""
+    current = [r for r in s.store.valid_by_name(name, s.now) if r.superseded_by is None]
+    if any(r.kind != "server" for r in current):
+        raise CAError(f"the name {name!r} belongs to a client certificate; pick another --name")
+    return Request(
+        op="issue-server",
+        name=name,
+        kind="server",
+        subject=common_name(hosts[0].strip("[]")),
+        sans=server_sans(hosts),
+        lifetime=validity,
+        supersedes=tuple(r.serial for r in current),
+    )
 
 
 def covers(sans: Sequence[str], host: str) -> bool:

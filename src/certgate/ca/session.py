@@ -34,6 +34,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -138,13 +139,14 @@ class Session:
     def flush_audit(self) -> None:
         path = self.layout.audit_log
         for seq, body in self.store.audit_outbox():
-            last_seq, last_hash = audit.last_seq_and_hash(path)
-            if last_seq >= seq:
+            last_body, last_seq, last_hash = audit.last_entry(path)
+            if last_seq == seq and last_body == body:
                 # Appended before a crash, not yet recorded: record, don't repeat.
                 self.store.record_audit(seq, last_hash)
                 continue
             line = audit.encode_entry(body, seq, last_hash)
             audit.append(path, line)
+            fault_point("audit-after-append")
             self.store.record_audit(seq, audit.line_hash(line))
 
     # -- CA material ---------------------------------------------------------------
@@ -229,17 +231,32 @@ class Session:
         atomic_write(self.layout.crl, crls_to_pem(crls), mode=0o644)
         return number
 
-    def refresh_derived(self) -> None:
-        """Rewrite root.crt, issuing.crt, bundle.pem and crl.pem from the store."""
+    def refresh_derived(self, *, record_crl: bool = False) -> int:
+        """Rewrite root.crt, issuing.crt, bundle.pem and crl.pem from the store.
+
+        The certificate files are replaced only when their bytes change (a CA
+        certificate expired out of the bundle, a rotation), so a proxy that
+        reloads on mtime does not reload for nothing. Returns the CRL number.
+        """
         root = self.store.active("root")
         if root is None:
-            return
-        atomic_write(self.layout.root_cert, root.cert_pem, mode=0o644)
-        atomic_write(self.layout.issuing_cert, self.store.active_issuer().cert_pem, mode=0o644)
-        atomic_write(self.layout.trust_bundle, self.bundle_pem(), mode=0o644)
-        self.write_crl()
+            return 0
+        _replace_if_changed(self.layout.root_cert, root.cert_pem)
+        _replace_if_changed(self.layout.issuing_cert, self.store.active_issuer().cert_pem)
+        _replace_if_changed(self.layout.trust_bundle, self.bundle_pem())
+        number = self.write_crl(record=record_crl)
         with self.store.transaction():
             self.store.put("derived_stale", "0")
+        return number
+
+
+def _replace_if_changed(path: Path, data: bytes) -> None:
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    atomic_write(path, data, mode=0o644)
 
 
 @contextlib.contextmanager
