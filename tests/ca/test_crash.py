@@ -8,6 +8,8 @@ checks what is on disk and that the next operation finds it consistent.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,3 +114,23 @@ def test_crash_during_init_allows_a_fresh_init(
     assert result.code == 0, result.err
     assert len(list((state / "ca" / "keys").iterdir())) == 2
     assert [p for p in (state / "ca" / "keys").iterdir() if p.name.startswith(".")] == []
+
+
+def test_concurrent_operations_are_serialised(
+    ca: CertificateAuthority, state: Path, out_dir: Path
+) -> None:
+    """Four processes issuing at once: the flock orders them, the log stays a chain."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "certgate.ca", "issue", f"p{i}", "--out", str(out_dir),
+             "--state", str(state)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(4)
+    ]
+    for child in procs:
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+    assert ca.verify_audit() == 5
+    assert {rec.name for rec in ca.certificates().records} == {"p0", "p1", "p2", "p3"}
