@@ -33,9 +33,10 @@ class Connection:
     """One TLS connection; send requests (raw or built) and read responses."""
 
     def __init__(self, port: int, ctx: ssl.SSLContext, sni: str | None = "localhost",
-                 timeout: float = 10.0, session: ssl.SSLSession | None = None) -> None:
+                 timeout: float = 10.0, session: ssl.SSLSession | None = None,
+                 check_hostname: bool = True) -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        if sni is None:
+        if sni is None or not check_hostname:
             ctx.check_hostname = False
         self.sock = ctx.wrap_socket(raw, server_hostname=sni, session=session)
         self.h11 = h11.Connection(h11.CLIENT)

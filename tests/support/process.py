@@ -31,11 +31,13 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str,
 class CertgateProcess:
     """``certgate run -c FILE`` in a subprocess, with its output captured."""
 
-    def __init__(self, config_text: str, workdir: Path, *, name: str = "certgate.yaml",
+    def __init__(self, config_text: str | None, workdir: Path, *, name: str = "certgate.yaml",
                  args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
-        self.config_path = workdir / name
-        self.config_path.write_text(config_text)
+        self.config_path: Path | None = None
+        if config_text is not None:  # None: run on ./certgate.yaml or the embedded default
+            self.config_path = workdir / name
+            self.config_path.write_text(config_text)
         self.args = args
         self.proc: subprocess.Popen[str] | None = None
         self.stderr_lines: list[str] = []
@@ -50,7 +52,8 @@ class CertgateProcess:
     def start(self, timeout: float = 30.0) -> CertgateProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "certgate", *self.args, "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "certgate", *self.args, "run",
+             *(["-c", str(self.config_path)] if self.config_path else [])],
             cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=env,
         )

@@ -168,10 +168,8 @@ class ClientConnection(Channel):
 
     async def _whoami(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
         # Read and discard any body so the connection can be reused.
-        while True:
+        while self.h11.their_state is h11.SEND_BODY:
             event = await self.next_event()
-            if isinstance(event, h11.EndOfMessage):
-                break
             if isinstance(event, h11.ConnectionClosed):
                 return False
         response, body = whoami_response(self.identity, admitted)

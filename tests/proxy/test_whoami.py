@@ -1,0 +1,33 @@
+"""The built-in whoami upstream: identity as JSON, keep-alive, bodies discarded."""
+
+from __future__ import annotations
+
+import json
+
+from support.clients import Connection
+
+CONFIG = """
+state_dir: {state}
+listen: ["127.0.0.1:0"]
+routes:
+  - {host: localhost, upstream: whoami, client_auth: optional}
+"""
+
+
+def test_whoami_keeps_the_connection_alive(start_certgate, pki):
+    proxy = start_certgate(CONFIG)
+    with Connection(proxy.port, pki.context("alice"), timeout=5) as conn:
+        first = json.loads(conn.request("GET", "/a").body)
+        second = json.loads(conn.request("POST", "/b", body=b"x" * 100_000).body)
+        third = conn.request("HEAD", "/c")
+    assert first["cn"] == "alice" and first["verified"] is True
+    assert first["roles"] == ["ops"]
+    assert second["path"] == "/b"
+    assert third.status == 200 and third.body == b""
+
+
+def test_whoami_without_certificate_on_optional_route(start_certgate, pki):
+    proxy = start_certgate(CONFIG)
+    with Connection(proxy.port, pki.context(), timeout=5) as conn:
+        doc = json.loads(conn.request("GET", "/").body)
+    assert doc == {"verified": False, "route": "localhost/", "host": "localhost", "path": "/"}
