@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certgate.ca import CertificateAuthority
+
 from support.clients import client_context
 from support.process import CertgateProcess
 from support.upstream import Upstream

@@ -28,6 +28,9 @@ log = logging.getLogger("certgate.supervisor")
 # bug or a broken host, not a blip: stop instead of looping.
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+# Building a runtime reads certificates and CRLs; a 100k-entry CRL takes
+# about a quarter of a second, so 60 s only trips on a wedged worker.
+WORKER_START_TIMEOUT = 60.0
 
 
 def worker_count(config: Config) -> int:
@@ -64,21 +67,31 @@ def supervise(config: Config, config_path: Path | None,
     restarts: list[float] = []
     stopping = False
 
-    def spawn(slot: int) -> None:
+    def spawn(slot: int) -> int:
+        """Fork a worker; return the read end of the pipe it reports readiness on."""
+        ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(ready_read)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
+
+            def bound(_: list[tuple[str, int]]) -> None:
+                os.write(ready_write, b"1")
+                os.close(ready_write)
+
             code = 1
             try:
-                code = run_worker(config, config_path, reuse_port=True)
+                code = run_worker(config, config_path, reuse_port=True, on_ready=bound)
             except BaseException:
                 log.exception("worker %d crashed", slot)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        os.close(ready_write)
         children[pid] = slot
+        return ready_read
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -92,9 +105,12 @@ def supervise(config: Config, config_path: Path | None,
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    for slot in range(count):
-        spawn(slot)
-    if on_ready is not None:
+    pipes = [spawn(slot) for slot in range(count)]
+    if not _await_workers(pipes, WORKER_START_TIMEOUT):
+        log.error("workers did not start; stopping")
+        forward(signal.SIGTERM, None)
+        stopping = True
+    elif on_ready is not None:
         on_ready([(listen.host, listen.port) for listen in config.listen])
     exit_code = 0
     while children:
@@ -119,5 +135,32 @@ def supervise(config: Config, config_path: Path | None,
             exit_code = 1
             forward(signal.SIGTERM, None)
             continue
-        spawn(slot)
+        os.close(spawn(slot))
     return exit_code
+
+
+def _await_workers(pipes: list[int], timeout: float) -> bool:
+    """Wait until every worker wrote its ready byte (it has bound its sockets)."""
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    waiting = set(pipes)
+    with selectors.DefaultSelector() as selector:
+        for fd in pipes:
+            selector.register(fd, selectors.EVENT_READ)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for key, _ in selector.select(remaining):
+                fd = int(key.fd)
+                data = os.read(fd, 1)
+                selector.unregister(fd)
+                waiting.discard(fd)
+                if data != b"1":  # EOF: the worker died before binding
+                    for other in pipes:
+                        os.close(other)
+                    return False
+    for fd in pipes:
+        os.close(fd)
+    return not waiting

@@ -66,7 +66,8 @@ routes:
     assert ha.rules[0].client_auth is ClientAuth.OFF
     assert ha.rules[1].allow == ("role:ops",)
     assert ha.forward_cert is ForwardCert.XFCC
-    assert wild.host == "*.example.com" and wild.upstream.is_whoami
+    assert wild.host == "*.example.com"
+    assert wild.upstream.is_whoami
     assert wild.max_body == 10 * 1024 * 1024
 
 
@@ -151,7 +152,8 @@ tls:
     - {{cert: {alice.cert}, key: {bob.key}}}
 """ + MINIMAL
     problems = _problems(text, tmp_path)
-    assert "tls.certificates[0]" in problems[0] and "does not match" in problems[0]
+    assert "tls.certificates[0]" in problems[0]
+    assert "does not match" in problems[0]
 
 
 def test_example_config_documents_a_loadable_config(tmp_path):

@@ -20,10 +20,12 @@ def test_whoami_keeps_the_connection_alive(start_certgate, pki):
         first = json.loads(conn.request("GET", "/a").body)
         second = json.loads(conn.request("POST", "/b", body=b"x" * 100_000).body)
         third = conn.request("HEAD", "/c")
-    assert first["cn"] == "alice" and first["verified"] is True
+    assert first["cn"] == "alice"
+    assert first["verified"] is True
     assert first["roles"] == ["ops"]
     assert second["path"] == "/b"
-    assert third.status == 200 and third.body == b""
+    assert third.status == 200
+    assert third.body == b""
 
 
 def test_whoami_without_certificate_on_optional_route(start_certgate, pki):
