@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certgate.ca import CertificateAuthority, Delivery
+from certgate.ca.keys import parse_serial, serial_hex
 from certgate.errors import UsageError
 
 from .conftest import Result, openssl
@@ -159,3 +160,11 @@ def test_p12_empty_password_refused_before_issuing(
     with pytest.raises(UsageError, match="empty"):
         ca.issue_client("frank", delivery=Delivery(out_dir, p12_password=""))
     assert ca.certificates().records == ()
+
+
+def test_serial_spelling_matches_openssl() -> None:
+    assert serial_hex(0xABC) == "0abc"
+    assert serial_hex(0xABCD) == "abcd"
+    assert parse_serial("0A:BC") == parse_serial("abc") == 0xABC
+    assert parse_serial("0xabc") == 0xABC
+    assert parse_serial("alice") is None

@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 
 from certgate.ca import CertificateAuthority
+from certgate.ca.keys import serial_hex
 from certgate.errors import CAError, UsageError
 
 from .conftest import Result, openssl
@@ -165,7 +166,7 @@ def test_renew_marks_superseded(
 
 def test_role_add_remove(ca: CertificateAuthority, cli: Callable[..., Result]) -> None:
     issued = ca.issue_client("erin", roles=["viewer"])
-    serial = f"{issued.serial:x}"
+    serial = serial_hex(issued.serial)
     assert cli("role", "add", "erin", "admin").code == 0
     assert listing(cli)[serial]["roles"] == ["viewer", "admin"]
     assert ca.inventory_snapshot() == {issued.serial: ("viewer", "admin")}
@@ -187,14 +188,14 @@ def test_list_expiring_and_json_fields(
     ca.revoke("gone", "privilegeWithdrawn")
     rows = listing(cli)
     assert len(rows) == 3
-    row = rows[f"{soon.serial:x}"]
+    row = rows[serial_hex(soon.serial)]
     for field in ("name", "serial", "roles", "not_before", "not_after", "status", "kind",
                   "revocation_reason"):
         assert field in row
     assert row["kind"] == "client"
     assert str(row["not_after"]).endswith("Z")
-    assert rows[f"{gone.serial:x}"]["revocation_reason"] == "privilegeWithdrawn"
-    assert list(listing(cli, "--expiring", "30d")) == [f"{soon.serial:x}"]
+    assert rows[serial_hex(gone.serial)]["revocation_reason"] == "privilegeWithdrawn"
+    assert list(listing(cli, "--expiring", "30d")) == [serial_hex(soon.serial)]
     table = cli("list").out
     assert "revoked (privilegeWithdrawn)" in table
     assert cli("list", "--expiring", "soon").code == 2

@@ -29,7 +29,10 @@ def test_revoke_writes_signed_crl_with_reason(
     assert result.code == 0, result.err
     proc = openssl("crl", "-in", ca.crl_path, "-CAfile", ca.issuing_cert_path, "-noout", "-text")
     assert "verify OK" in proc.stderr
-    serial_hex = f"{issued.serial:X}"
+    (out_dir / "m.crt").write_bytes(issued.cert_pem)
+    # openssl's spelling of the serial (even number of hex digits).
+    serial_hex = openssl("x509", "-noout", "-serial", "-in", out_dir / "m.crt").stdout
+    serial_hex = serial_hex.strip().removeprefix("serial=")
     assert f"Serial Number: {serial_hex}" in proc.stdout
     entry = proc.stdout.split(f"Serial Number: {serial_hex}")[1]
     assert "Key Compromise" in entry.split("Serial Number:")[0]
@@ -38,7 +41,6 @@ def test_revoke_writes_signed_crl_with_reason(
     assert match
     assert int(match.group(1)) == crl_number(ca.crl_path)
     # A relying party now rejects the certificate.
-    (out_dir / "m.crt").write_bytes(issued.cert_pem)
     rejected = openssl(
         "verify", "-crl_check", "-CAfile", ca.trust_bundle_path, "-CRLfile", ca.crl_path,
         out_dir / "m.crt", check=False,
@@ -47,6 +49,7 @@ def test_revoke_writes_signed_crl_with_reason(
     assert "revoked" in rejected.stdout + rejected.stderr
     assert ca.roles_for_serial(issued.serial) == ()
     status = {row["name"]: row for row in cli("list", "--json").json()}["mallory"]
+    assert status["serial"] == serial_hex.lower()  # ca list matches openssl
     assert status["status"] == "revoked"
     assert status["revocation_reason"] == "keyCompromise"
 

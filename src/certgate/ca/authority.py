@@ -20,7 +20,7 @@ from cryptography import x509
 from certgate.ca import audit, issuance, lifecycle
 from certgate.ca.crl import check_reason
 from certgate.ca.issuance import Delivery, IssuedCertificate, Request
-from certgate.ca.keys import DEFAULT_KEY_TYPE, parse_serial
+from certgate.ca.keys import DEFAULT_KEY_TYPE, parse_serial, serial_hex
 from certgate.ca.layout import CALayout, check_name
 from certgate.ca.profiles import (
     CLIENT_LIFETIME,
@@ -287,7 +287,7 @@ class CertificateAuthority:
             for rec in targets:
                 if rec.revoked_at is not None:
                     raise CAError(
-                        f"certificate {rec.name} ({rec.serial:x}) is already revoked "
+                        f"certificate {rec.name} ({serial_hex(rec.serial)}) is already revoked "
                         f"({rec.revocation_reason})"
                     )
 
@@ -337,7 +337,9 @@ class CertificateAuthority:
             for rec in targets:
                 if add == (role in rec.roles):
                     state = "already has" if add else "does not have"
-                    raise CAError(f"certificate {rec.name} ({rec.serial:x}) {state} role {role!r}")
+                    raise CAError(
+                        f"certificate {rec.name} ({serial_hex(rec.serial)}) {state} role {role!r}"
+                    )
             with s.store.transaction():
                 for rec in targets:
                     roles = (*rec.roles, role) if add else tuple(r for r in rec.roles if r != role)

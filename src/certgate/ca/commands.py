@@ -20,7 +20,7 @@ from certgate.ca import p12
 from certgate.ca.authority import CertificateAuthority
 from certgate.ca.crl import REASONS
 from certgate.ca.issuance import Delivery, IssuedCertificate
-from certgate.ca.keys import DEFAULT_KEY_TYPE, KEY_TYPES
+from certgate.ca.keys import DEFAULT_KEY_TYPE, KEY_TYPES, serial_hex
 from certgate.ca.layout import DEFAULT_STATE_DIR
 from certgate.ca.timeutil import parse_duration, rfc3339
 from certgate.errors import UsageError
@@ -87,7 +87,7 @@ def _delivery(args: argparse.Namespace) -> tuple[Delivery, str | None]:
 
 
 def _report(issued: IssuedCertificate, generated_password: str | None) -> None:
-    print(f"issued {issued.kind} certificate {issued.name}, serial {issued.serial:x}")
+    print(f"issued {issued.kind} certificate {issued.name}, serial {serial_hex(issued.serial)}")
     print(f"  valid until {rfc3339(issued.not_after)}, roles: {', '.join(issued.roles) or '-'}")
     for path in issued.files:
         print(f"  wrote {path}")
@@ -191,7 +191,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "name": rec.name,
-                "serial": f"{rec.serial:x}",
+                "serial": f"{serial_hex(rec.serial)}",
                 "kind": rec.kind,
                 "roles": list(rec.roles),
                 "sans": list(rec.sans),
@@ -200,7 +200,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "status": status,
                 "revocation_reason": rec.revocation_reason,
                 "revoked_at": rfc3339(rec.revoked_at) if rec.revoked_at else None,
-                "superseded_by": f"{rec.superseded_by:x}" if rec.superseded_by else None,
+                "superseded_by": f"{serial_hex(rec.superseded_by)}" if rec.superseded_by else None,
             }
         )
     if args.json:
@@ -233,7 +233,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if args.next_update:
         ca.set_next_update(parse_duration(args.next_update))
     for rec in ca.revoke(args.target, args.reason):
-        print(f"revoked {rec.name} ({rec.serial:x}): {args.reason}")
+        print(f"revoked {rec.name} ({serial_hex(rec.serial)}): {args.reason}")
     print(f"CRL written to {ca.crl_path}")
     return 0
 
@@ -253,9 +253,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         offline_root=Path(args.offline_root) if args.offline_root else None,
     )
     if result.root_serial is not None:
-        print(f"new root {result.root_serial:x}; cross certificate: {result.cross_cert}")
+        print(f"new root {serial_hex(result.root_serial)}; cross certificate: {result.cross_cert}")
     if result.intermediate_serial is not None:
-        print(f"new issuing intermediate {result.intermediate_serial:x}")
+        print(f"new issuing intermediate {serial_hex(result.intermediate_serial)}")
     for path in result.offline_files:
         print(f"  wrote {path}: move it off this host")
     print(f"old CA certificates stay trusted until they expire; bundle: {ca.trust_bundle_path}")
@@ -270,7 +270,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 def cmd_role(args: argparse.Namespace) -> int:
     changed = _ca(args).change_role(args.name, args.role, add=args.role_action == "add")
     for rec in changed:
-        print(f"{rec.name} ({rec.serial:x}): roles {', '.join(rec.roles) or '-'}")
+        print(f"{rec.name} ({serial_hex(rec.serial)}): roles {', '.join(rec.roles) or '-'}")
     return 0
 
 

@@ -30,6 +30,7 @@ from certgate.ca.keys import (
     generate_key,
     key_to_pem,
     load_key,
+    serial_hex,
 )
 from certgate.ca.layout import CALayout, check_name
 from certgate.ca.profiles import LeafSpec, build_leaf, common_name, san_strings, server_sans
@@ -152,7 +153,7 @@ def issue(s: Session, req: Request, render: Render) -> IssuedCertificate:
         if current.superseded_by is None and current.serial not in req.supersedes:
             raise CAError(
                 f"a valid {current.kind} certificate named {req.name!r} already exists "
-                f"(serial {current.serial:x}); renew or revoke it first"
+                f"(serial {serial_hex(current.serial)}); renew or revoke it first"
             )
     issuer = s.store.active_issuer()
     issuer_cert, issuer_key = s.cert_of(issuer), s.key_for(issuer)
@@ -209,7 +210,9 @@ def issue(s: Session, req: Request, render: Render) -> IssuedCertificate:
         s.store.add_certificate(record)
         for old in req.supersedes:
             s.store.mark_superseded(old, record.serial)
-        extra = {"supersedes": [f"{old:x}" for old in req.supersedes]} if req.supersedes else {}
+        extra = {}
+        if req.supersedes:
+            extra["supersedes"] = [serial_hex(old) for old in req.supersedes]
         s.audit(
             req.op,
             name=req.name,

@@ -105,6 +105,16 @@ def random_serial() -> int:
             return serial
 
 
+def serial_hex(serial: int) -> str:
+    """Lowercase hex with an even number of digits, as ``openssl`` prints serials.
+
+    Padding matters: a 31-digit serial printed without its leading zero
+    would not match what a user sees in ``openssl x509 -serial``.
+    """
+    digits = f"{serial:x}"
+    return "0" + digits if len(digits) % 2 else digits
+
+
 def parse_serial(text: str) -> int | None:
     """Parse a hex serial as printed by ``ca list`` (colons and 0x allowed)."""
     cleaned = text.strip().lower().replace(":", "")

@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from certgate.ca.keys import serial_hex
 from certgate.errors import UsageError
 from certgate.fsutil import ensure_private_dir
 
@@ -127,7 +128,7 @@ class CALayout:
 
     def ca_key(self, role: str, serial: int) -> Path:
         """The key file of one CA certificate; the serial keeps names write-once."""
-        return self.keys_dir / f"{role}-{serial:x}.key"
+        return self.keys_dir / f"{role}-{serial_hex(serial)}.key"
 
     def server_files(self, name: str) -> tuple[Path, Path]:
         """(fullchain, key) of a server certificate kept for the proxy."""

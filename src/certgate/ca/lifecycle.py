@@ -35,6 +35,7 @@ from certgate.ca.keys import (
     key_to_pem,
     load_key,
     same_public_key,
+    serial_hex,
 )
 from certgate.ca.layout import CALayout
 from certgate.ca.profiles import build_cross, build_intermediate, build_root, ca_subject
@@ -69,8 +70,8 @@ def _root_outputs(
         path = layout.ca_key("root", serial)
         return [Output(path, key_to_pem(key), 0o600)], path.name
     return [
-        Output(offline / f"root-{serial:x}.key", key_to_pem(key), 0o600),
-        Output(offline / f"root-{serial:x}.crt", pem(cert)),
+        Output(offline / f"root-{serial_hex(serial)}.key", key_to_pem(key), 0o600),
+        Output(offline / f"root-{serial_hex(serial)}.crt", pem(cert)),
     ], None
 
 
@@ -148,7 +149,7 @@ def init_ca(
                     serial=intermediate.serial_number,
                     role="intermediate",
                     cert_pem=pem(intermediate),
-                    key_file=f"intermediate-{intermediate.serial_number:x}.key",
+                    key_file=f"intermediate-{serial_hex(intermediate.serial_number)}.key",
                     not_after=intermediate.not_valid_after_utc,
                     issuer=True,
                     now=s.now,
@@ -161,7 +162,9 @@ def init_ca(
                 key_type=key_type,
                 single_tier=single_tier,
                 offline_root=offline is not None,
-                intermediate=None if intermediate is None else f"{intermediate.serial_number:x}",
+                intermediate=None if intermediate is None else serial_hex(
+                    intermediate.serial_number
+                ),
             )
 
         s.commit("init", root.serial_number, outputs, apply)
@@ -177,7 +180,8 @@ def _current_root_key(s: Session, root_key_file: Path | None) -> PrivateKey:
         raise UsageError("the root key is offline: pass it with --root-key FILE")
     key = load_key(root_key_file)
     if not same_public_key(key.public_key(), s.cert_of(root).public_key()):
-        raise CAError(f"{root_key_file} is not the key of the current root ({root.serial:x})")
+        current = serial_hex(root.serial)
+        raise CAError(f"{root_key_file} is not the key of the current root ({current})")
     return key
 
 
@@ -217,7 +221,7 @@ def rotate(
             cross = build_cross(root_cert, old_root, signing_key, s.now)
             root_outputs, root_key_name = _root_outputs(layout, new_key, root_cert, offline)
             outputs += root_outputs
-            cross_path = layout.ca_dir / f"cross-{cross.serial_number:x}.crt"
+            cross_path = layout.ca_dir / f"cross-{serial_hex(cross.serial_number)}.crt"
             outputs.append(Output(cross_path, pem(cross)))
             signing_key = new_key
         intermediate: x509.Certificate | None = None
@@ -260,7 +264,7 @@ def rotate(
                     serial=intermediate.serial_number,
                     role="intermediate",
                     cert_pem=pem(intermediate),
-                    key_file=f"intermediate-{intermediate.serial_number:x}.key",
+                    key_file=f"intermediate-{serial_hex(intermediate.serial_number)}.key",
                     not_after=intermediate.not_valid_after_utc,
                     issuer=True,
                     now=s.now,
@@ -270,13 +274,15 @@ def rotate(
                 "rotate",
                 serial=(intermediate or root_cert).serial_number,
                 not_after=(intermediate or root_cert).not_valid_after_utc,
-                new_root=None if not new_root else f"{root_cert.serial_number:x}",
-                cross=None if cross is None else f"{cross.serial_number:x}",
+                new_root=None if not new_root else f"{serial_hex(root_cert.serial_number)}",
+                cross=None if cross is None else f"{serial_hex(cross.serial_number)}",
             )
 
         marker = (intermediate or root_cert).serial_number
         s.commit("rotate", marker, outputs, apply)
-        cross_file = None if cross is None else layout.ca_dir / f"cross-{cross.serial_number:x}.crt"
+        cross_file = None
+        if cross is not None:
+            cross_file = layout.ca_dir / f"cross-{serial_hex(cross.serial_number)}.crt"
         return RotationResult(
             root_serial=root_cert.serial_number if new_root else None,
             intermediate_serial=None if intermediate is None else intermediate.serial_number,

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certgate.ca import audit, journal
 from certgate.ca.crl import DEFAULT_NEXT_UPDATE, Revocation, build_crl, crls_to_pem
-from certgate.ca.keys import PrivateKey, load_key
+from certgate.ca.keys import PrivateKey, load_key, serial_hex
 from certgate.ca.layout import CALayout
 from certgate.ca.store import Authority, Store
 from certgate.ca.timeutil import rfc3339, utcnow
@@ -99,7 +99,7 @@ class Session:
         apply: Callable[[], None],
     ) -> None:
         """Stage ``outputs``, run ``apply`` in one transaction, then publish."""
-        staged = journal.stage(self.layout.staging_dir, f"{marker:x}", outputs)
+        staged = journal.stage(self.layout.staging_dir, f"{serial_hex(marker)}", outputs)
         fault_point(f"{op}-after-stage")
         try:
             with self.store.transaction():
@@ -128,7 +128,7 @@ class Session:
             "time": rfc3339(self.now),
             "operation": operation,
             "name": name,
-            "serial": None if serial is None else f"{serial:x}",
+            "serial": None if serial is None else f"{serial_hex(serial)}",
             "roles": list(roles),
             "not_after": None if not_after is None else rfc3339(not_after),
             "actor": audit.actor(),
@@ -154,7 +154,7 @@ class Session:
     def key_for(self, authority: Authority) -> PrivateKey:
         if authority.key_file is None:
             raise CAError(
-                f"the key of CA certificate {authority.serial:x} is offline; "
+                f"the key of CA certificate {serial_hex(authority.serial)} is offline; "
                 "pass it with --root-key FILE"
             )
         return load_key(self.layout.keys_dir / authority.key_file)

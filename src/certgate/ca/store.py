@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from certgate.ca.keys import serial_hex
 from certgate.ca.timeutil import parse_rfc3339, rfc3339
 from certgate.errors import CAError
 
@@ -113,10 +114,6 @@ class CertRecord:
     def is_valid(self, now: datetime) -> bool:
         """Usable for authentication: neither revoked nor expired."""
         return self.revoked_at is None and self.not_after > now
-
-
-def _hex(serial: int) -> str:
-    return f"{serial:x}"
 
 
 def _cert_from_row(row: sqlite3.Row) -> CertRecord:
@@ -228,7 +225,7 @@ class Store:
         self.conn.execute(
             "INSERT INTO authorities VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                _hex(serial),
+                serial_hex(serial),
                 role,
                 cert_pem,
                 key_file,
@@ -259,10 +256,10 @@ class Store:
 
     def authority(self, serial: int) -> Authority:
         row = self.conn.execute(
-            "SELECT * FROM authorities WHERE serial = ?", (_hex(serial),)
+            "SELECT * FROM authorities WHERE serial = ?", (serial_hex(serial),)
         ).fetchone()
         if row is None:
-            raise CAError(f"unknown CA certificate {serial:x}")
+            raise CAError(f"unknown CA certificate {serial_hex(serial)}")
         return _authority_from_row(row)
 
     # -- certificates --------------------------------------------------------------
@@ -271,7 +268,7 @@ class Store:
         self.conn.execute(
             "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
             (
-                _hex(record.serial),
+                serial_hex(record.serial),
                 record.name,
                 record.kind,
                 json.dumps(list(record.roles)),
@@ -279,7 +276,7 @@ class Store:
                 rfc3339(record.not_before),
                 rfc3339(record.not_after),
                 record.lifetime,
-                _hex(record.issuer_serial),
+                serial_hex(record.issuer_serial),
                 record.cert_pem,
                 rfc3339(record.issued_at),
             ),
@@ -287,7 +284,7 @@ class Store:
 
     def certificate(self, serial: int) -> CertRecord | None:
         row = self.conn.execute(
-            "SELECT * FROM certificates WHERE serial = ?", (_hex(serial),)
+            "SELECT * FROM certificates WHERE serial = ?", (serial_hex(serial),)
         ).fetchone()
         return _cert_from_row(row) if row else None
 
@@ -307,19 +304,19 @@ class Store:
     def mark_superseded(self, serial: int, successor: int) -> None:
         self.conn.execute(
             "UPDATE certificates SET superseded_by = ? WHERE serial = ?",
-            (_hex(successor), _hex(serial)),
+            (serial_hex(successor), serial_hex(serial)),
         )
 
     def mark_revoked(self, serial: int, reason: str, now: datetime) -> None:
         self.conn.execute(
             "UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE serial = ?",
-            (rfc3339(now), reason, _hex(serial)),
+            (rfc3339(now), reason, serial_hex(serial)),
         )
 
     def set_roles(self, serial: int, roles: tuple[str, ...]) -> None:
         self.conn.execute(
             "UPDATE certificates SET roles = ? WHERE serial = ?",
-            (json.dumps(list(roles)), _hex(serial)),
+            (json.dumps(list(roles)), serial_hex(serial)),
         )
 
     def revoked_by_issuer(self, issuer: int, now: datetime) -> list[tuple[int, datetime, str]]:
@@ -331,7 +328,7 @@ class Store:
         rows = self.conn.execute(
             "SELECT serial, revoked_at, revocation_reason FROM certificates "
             "WHERE issuer_serial = ? AND revoked_at IS NOT NULL AND not_after > ?",
-            (_hex(issuer), rfc3339(now)),
+            (serial_hex(issuer), rfc3339(now)),
         )
         return [
             (int(row[0], 16), parse_rfc3339(row[1]), row[2] or "unspecified") for row in rows
@@ -348,7 +345,7 @@ class Store:
         row = self.conn.execute(
             "SELECT roles FROM certificates "
             "WHERE serial = ? AND revoked_at IS NULL AND not_after > ?",
-            (_hex(serial), rfc3339(now)),
+            (serial_hex(serial), rfc3339(now)),
         ).fetchone()
         return tuple(json.loads(row[0])) if row else ()
 
