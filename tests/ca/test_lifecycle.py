@@ -215,3 +215,17 @@ def test_config_option_is_wired(cli: Callable[..., Result], tmp_path: Path) -> N
     result = cli("list", "-c", tmp_path / "missing.yaml")
     assert result.code == 2  # ConfigError from certgate.config, not a crash
     assert "missing.yaml" in result.err
+
+
+def test_renew_server_stays_in_state_dir(
+    ca: CertificateAuthority, proc: Callable[..., Result], tmp_path: Path
+) -> None:
+    issued = ca.issue_server(["nas.lan"])
+    fullchain, _key = ca.layout.server_files(issued.name)
+    before = fullchain.read_bytes()
+    result = proc("renew", issued.name)
+    assert result.code == 0, result.err
+    assert fullchain.read_bytes() != before
+    assert not (tmp_path / f"{issued.name}.key").exists()  # not dropped into the cwd
+    statuses = sorted(rec.status(ca.certificates().now) for rec in ca.certificates().records)
+    assert statuses == ["superseded", "valid"]

@@ -252,6 +252,8 @@ class CertificateAuthority:
 
         Keeps the subject, SANs and roles; the lifetime defaults to the old
         one's, so short-lived (hours) certificates renew as short-lived.
+        Client files go by ``delivery`` (or to ``out_dir``); server files to
+        ``out_dir`` or, by default, ``STATE/ca/servers/``.
         """
         validity = None
         if days is not None or hours is not None:

@@ -79,7 +79,7 @@ def _delivery(args: argparse.Namespace) -> tuple[Delivery, str | None]:
         else:
             p12.check_password(args.p12_password)
             password = args.p12_password
-    out = Path(args.out)
+    out = Path(args.out or ".")
     if not out.is_dir():
         raise UsageError(f"--out {out} is not a directory")
     profile = "modern" if args.p12_modern else "legacy"
@@ -168,7 +168,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
         hours=args.hours,
         key_type=args.key_type,
         delivery=delivery,
-        out_dir=Path(args.out),
+        out_dir=Path(args.out) if args.out else None,
     )
     _report(issued, password if issued.kind == "client" else None)
     return 0
@@ -366,7 +366,12 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     _lifetime_args(p, "default: as before")
     p.add_argument("--key-type", choices=list(KEY_TYPES), default=DEFAULT_KEY_TYPE)
     _p12_args(p)
-    p.add_argument("--out", metavar="DIR", default=".", help=out_help)
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="default: the current directory for client certificates (so their keys leave "
+        "the proxy host), STATE/ca/servers/ for server certificates",
+    )
 
     p = verb("rotate", cmd_rotate, "new issuing intermediate (with --root, a new root too)")
     p.add_argument("--root", action="store_true", help="also a new root, cross-signed by the old")
