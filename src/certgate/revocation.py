@@ -14,6 +14,7 @@ nextUpdate is *stale*: clients of that issuer are refused with the reason
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,11 +69,19 @@ def _issuers(trust_pem: str) -> dict[str, list[x509.Certificate]]:
     return by_subject
 
 
-def parse_crl(data: bytes, path: Path) -> x509.CertificateRevocationList:
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def parse_crls(data: bytes, path: Path) -> list[x509.CertificateRevocationList]:
+    """Every CRL in a file: one DER CRL, or one or more PEM blocks.
+
+    The built-in CA's ``crl.pem`` holds one CRL per issuing CA still in date
+    after a rotation, so all blocks count, not just the first.
+    """
     try:
         if b"-----BEGIN X509 CRL-----" in data:
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
+            return [x509.load_pem_x509_crl(m.group(0)) for m in _PEM_CRL.finditer(data)]
+        return [x509.load_der_x509_crl(data)]
     except ValueError as exc:
         raise RevocationError(f"{path}: not a PEM or DER CRL: {exc}") from None
 
@@ -87,24 +96,30 @@ def load_revocation(paths: Sequence[Path], trust_pem: str) -> RevocationIndex:
             data = path.read_bytes()
         except OSError as exc:
             raise RevocationError(f"{path}: cannot read CRL: {exc.strerror or exc}") from None
-        crl = parse_crl(data, path)
-        issuer_dn = crl.issuer.rfc4514_string()
-        candidates = issuers.get(issuer_dn, [])
-        if not candidates:
-            raise RevocationError(f"{path}: CRL issuer {issuer_dn!r} is not a trusted CA")
-        if not any(_signed_by(crl, cert.public_key()) for cert in candidates):
-            raise RevocationError(f"{path}: CRL signature does not verify against {issuer_dn!r}")
-        serials = revoked.setdefault(issuer_dn, set())
-        serials.update(entry.serial_number for entry in crl)
-        next_update = crl.next_update_utc
-        try:
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        except x509.ExtensionNotFound:
-            number = None
-        infos.append(CRLInfo(path, issuer_dn,
-                             next_update.timestamp() if next_update is not None else None,
-                             len(crl), number))
+        for crl in parse_crls(data, path):
+            infos.append(_index_crl(crl, path, issuers, revoked))
     return RevocationIndex({k: frozenset(v) for k, v in revoked.items()}, infos)
+
+
+def _index_crl(crl: x509.CertificateRevocationList, path: Path,
+               issuers: dict[str, list[x509.Certificate]],
+               revoked: dict[str, set[int]]) -> CRLInfo:
+    issuer_dn = crl.issuer.rfc4514_string()
+    candidates = issuers.get(issuer_dn, [])
+    if not candidates:
+        raise RevocationError(f"{path}: CRL issuer {issuer_dn!r} is not a trusted CA")
+    if not any(_signed_by(crl, cert.public_key()) for cert in candidates):
+        raise RevocationError(f"{path}: CRL signature does not verify against {issuer_dn!r}")
+    serials = revoked.setdefault(issuer_dn, set())
+    serials.update(entry.serial_number for entry in crl)
+    next_update = crl.next_update_utc
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = None
+    return CRLInfo(path, issuer_dn,
+                   next_update.timestamp() if next_update is not None else None,
+                   len(crl), number)
 
 
 def _signed_by(crl: x509.CertificateRevocationList, key: object) -> bool:

@@ -348,10 +348,6 @@ def test_header_bytes_over_limit_is_431_when_trickled(launch, pki, upstream):
     assert not [p for p in upstream.paths() if marker in p]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "certgate bug: the head size limit is h11's max_incomplete_event_size, which only "
-    "bounds an incomplete head; a complete oversized head that arrives in one read is "
-    "parsed and forwarded (client.py ClientConnection)"))
 def test_header_bytes_over_limit_is_431_in_one_write(launch, pki, upstream):
     proxy, _ = launch()
     marker = uuid.uuid4().hex
@@ -421,10 +417,6 @@ def test_silent_upstream_is_504_after_read_timeout(launch, pki, upstream):
     assert f"/slow?{marker}" in upstream.paths()  # it did reach the upstream
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "certgate bug: exchange.relay retries only when conn.bytes_in == 0, but bytes_in "
-    "counts every byte the pooled connection ever received, so a reused connection is "
-    "never retried"))
 def test_get_is_retried_when_pooled_connection_dies_on_reuse(launch, pki):
     proxy, server = launch(close_on_second_request)
     with Connection(proxy.port, pki.context("alice")) as conn:
@@ -446,10 +438,6 @@ def test_post_is_not_replayed_when_pooled_connection_dies(launch, pki):
     assert len(server.conns) == 1  # no second connection was opened for it
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "certgate bug: Channel.eof_received keeps a plain-TCP upstream half-open, so an "
-    "idle pooled connection the upstream closed is not 'lost' and UpstreamPool.acquire "
-    "hands it out; the request then fails (502) because the retry never fires"))
 def test_get_after_upstream_closed_idle_connection(launch, pki):
     proxy, server = launch(answer_then_close_when_idle)
     with Connection(proxy.port, pki.context("alice")) as conn:
@@ -460,10 +448,6 @@ def test_get_after_upstream_closed_idle_connection(launch, pki):
     assert response.body == b"conn 1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "certgate bug: UpstreamPool.acquire hands out a pooled connection on which the "
-    "upstream's EOF was already received (Channel keeps plain TCP half-open), so a POST "
-    "after an idle close gets 502 instead of a fresh connection"))
 def test_post_after_upstream_closed_idle_connection(launch, pki):
     proxy, server = launch(answer_then_close_when_idle)
     with Connection(proxy.port, pki.context("alice")) as conn:

@@ -90,6 +90,15 @@ def admit(
     request: h11.Request,
 ) -> Admitted:
     raw = list(request.headers.raw_items())
+    limits = runtime.config.limits
+    # h11's max_incomplete_event_size only bounds a head still arriving; a
+    # complete head that came in one read is measured here (request line +
+    # "name: value\r\n" per field).
+    head_size = len(request.method) + len(request.target) + 11 + sum(
+        len(n) + len(v) + 4 for n, v in raw)
+    if head_size > limits.max_header_bytes:
+        raise HTTPError(431, f"request head larger than {limits.max_header_bytes} bytes",
+                        close=True)
     length, chunked = check_framing(raw)
     if len(raw) > runtime.config.limits.max_header_count:
         raise HTTPError(431, f"more than {runtime.config.limits.max_header_count} header fields",

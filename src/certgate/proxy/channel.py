@@ -128,6 +128,11 @@ class Channel(asyncio.Protocol):
         return self._lost
 
     @property
+    def at_eof(self) -> bool:
+        """The peer finished sending (half-closed or gone)."""
+        return self._eof
+
+    @property
     def has_buffered_data(self) -> bool:
         return bool(self._buffer)
 

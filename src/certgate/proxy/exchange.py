@@ -93,6 +93,7 @@ async def relay(client: ClientConnection, plan: Plan) -> Result:
     attempt = 0
     while True:
         conn = await plan.pool.acquire()
+        received_before = conn.bytes_in  # a reused connection has history
         conn.send(plan.request)
         pump: asyncio.Task[None] | None = None
         if plan.has_body:
@@ -106,11 +107,12 @@ async def relay(client: ClientConnection, plan: Plan) -> Result:
             conn.abort()
             if failure is not None:
                 raise failure from None
-            if conn.reused and retryable and attempt == 0 and conn.bytes_in == 0:
+            nothing_received = conn.bytes_in == received_before
+            if conn.reused and retryable and attempt == 0 and nothing_received:
                 attempt += 1
                 continue
             label = plan.pool.upstream.label
-            if conn.bytes_in == 0:
+            if nothing_received:
                 raise HTTPError(502, f"upstream {label} closed the connection without "
                                      "responding") from None
             raise HTTPError(502, f"upstream {label} sent an invalid response: {exc}") from None

@@ -82,7 +82,9 @@ class UpstreamPool:
             if conn.idle_timer is not None:
                 conn.idle_timer.cancel()
                 conn.idle_timer = None
-            if conn.lost or conn.has_buffered_data:
+            # An upstream that closed its side while idle (EOF) or sent bytes
+            # nobody asked for cannot carry another exchange.
+            if conn.lost or conn.at_eof or conn.has_buffered_data:
                 conn.abort()
                 continue
             conn.reused = True
