@@ -55,6 +55,7 @@ routes:
   - {{host: localhost, upstream: "http://127.0.0.1:{upstream.port}"}}
 """)
     result: dict[str, object] = {}
+    seen_before = len(upstream.requests)  # the upstream is shared by the whole session
 
     def slow_request() -> None:
         with Connection(proxy.port, pki.context("alice"), timeout=15) as conn:
@@ -64,7 +65,7 @@ routes:
 
     client = threading.Thread(target=slow_request)
     client.start()
-    wait_until(lambda: any(r.path == "/sse" for r in upstream.requests), 10,
+    wait_until(lambda: any(r.path == "/sse" for r in upstream.requests[seen_before:]), 10,
                "the request to reach the upstream")
     proxy.signal(signal.SIGTERM)
     # New connections are refused once the listener closes...
