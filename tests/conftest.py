@@ -4,6 +4,7 @@ upstream on 127.0.0.1, and certgate itself as a real subprocess."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,12 @@ from certgate.ca import CertificateAuthority
 from support.clients import client_context
 from support.process import CertgateProcess
 from support.upstream import Upstream
+
+# Subprocesses (`python -m certgate ...`) must run this checkout's code, not
+# whatever copy an earlier `pip install -e` elsewhere left on the path.
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
 
 
 @dataclass(frozen=True)

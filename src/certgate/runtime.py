@@ -53,7 +53,13 @@ class Runtime:
         contexts: ContextSet,
         revocation: RevocationIndex,
         ca: CertificateAuthority | None,
+        *,
+        crl_paths: tuple[Path, ...] = (),
+        trust_pem: str = "",
     ) -> None:
+        #: What the revocation watcher re-reads (see certgate.watch).
+        self.crl_paths = crl_paths
+        self.trust_pem = trust_pem
         self.config = config
         self.routes = routes
         self.contexts = contexts
@@ -119,6 +125,31 @@ class Runtime:
         if self.ca is None:
             return
         self._roles = self.ca.inventory_snapshot()
+
+    def set_roles(self, roles: dict[int, tuple[str, ...]]) -> None:
+        self._roles = roles
+
+    def watched_files(self) -> tuple[Path, ...]:
+        """Files whose change should refresh revocation or roles."""
+        files = list(self.crl_paths)
+        if self.ca is not None:
+            db = self.ca.state_dir / "ca" / "inventory.sqlite3"
+            files += [db, db.with_name(db.name + "-wal")]
+        return tuple(files)
+
+    def revoke_live(self) -> int:
+        """Close open connections whose certificate no longer passes; return how many.
+
+        nginx, Caddy and Traefik keep such connections open; a lost phone
+        with an open WebSocket must lose it when its certificate is revoked.
+        """
+        closed = 0
+        for conn in list(self.connections):
+            identity = conn.identity
+            if identity is not None and self.revocation.check(identity) is not None:
+                conn.abort()
+                closed += 1
+        return closed
 
     def pool_for(self, route: Route) -> UpstreamPool:
         key = id(route)
@@ -199,7 +230,8 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
         else:
             crl_paths.append(Path(source))
     revocation = load_revocation(crl_paths, trust_pem or "")
-    return Runtime(config, routes, contexts, revocation, ca)
+    return Runtime(config, routes, contexts, revocation, ca, crl_paths=tuple(crl_paths),
+                   trust_pem=trust_pem or "")
 
 
 __all__ = ["Runtime", "TLSSetupError", "build_runtime", "ssl"]

@@ -25,6 +25,7 @@ from certgate.errors import CertgateError, ConfigError
 from certgate.proxy.listener import Listener
 from certgate.revocation import RevocationError
 from certgate.runtime import Runtime, TLSSetupError, build_runtime
+from certgate.watch import RevocationWatcher
 
 log = logging.getLogger("certgate.server")
 
@@ -76,6 +77,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._reloading = False
         self._retiring: set[asyncio.Task[None]] = set()
+        self.watcher: RevocationWatcher | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
 
@@ -98,6 +100,8 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.watcher = RevocationWatcher(self.current)
+        self.watcher.start()
         log.info("certgate listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if self.on_ready is not None:
             self.on_ready(bound)
@@ -158,6 +162,8 @@ class Worker:
 
     # -- shutdown -----------------------------------------------------------
     async def shutdown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         for listener in self.listeners:
             listener.stop()
         runtimes = [r for r in (self.runtime, *self._old) if r is not None]
