@@ -13,6 +13,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,7 +95,7 @@ class Runtime:
         except InvalidCertificate as exc:
             # OpenSSL accepted it but we cannot read it: refuse (fail closed).
             return None, f"client certificate could not be parsed: {exc}"
-        reason = check_client_certificate_profile(identity)
+        reason = check_client_certificate_profile(identity) or validity_problem(identity)
         if reason is None:
             reason = self.revocation.check(identity)
         return identity, reason
@@ -168,6 +169,16 @@ class Runtime:
             pool.close()
         self._pools.clear()
         self.access_log.close()
+
+
+def validity_problem(identity: ClientIdentity, now: datetime | None = None) -> str | None:
+    """Expiry re-checked in Python: OpenSSL does not re-verify a resumed session."""
+    moment = now or datetime.now(UTC)
+    if moment > identity.not_after:
+        return "client certificate expired"
+    if moment < identity.not_before:
+        return "client certificate not yet valid"
+    return None
 
 
 def _uncovered_hosts(config: Config, certificates: list[ServerCertificate]) -> list[str]:
