@@ -4,12 +4,19 @@ Carries who (client IP, CN, serial, fingerprint), what (host, method, path,
 status, bytes both ways, duration, upstream) and, for refusals, why. Never a
 key, never a whole certificate, never a query string (tokens live there:
 Immich share keys, Home Assistant auth callbacks).
+
+Lines are formatted on the event loop but written by a background thread
+through a bounded queue: a stdout pipe that stalls (a slow journald, a
+paused ``less``) must never block request handling. When the queue is full,
+lines are dropped and counted rather than waited for.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
 from typing import IO, TYPE_CHECKING
 
@@ -22,18 +29,49 @@ if TYPE_CHECKING:
     from certgate.proxy.client import ClientConnection
 
 
+# Lines held while the writer is behind: about 10 s of a busy home proxy,
+# a few MB at most.
+QUEUE_LINES = 10_000
+
+
 class AccessLogger:
     def __init__(self, settings: AccessLog) -> None:
         self.settings = settings
+        self.dropped = 0
         self._stream: IO[str] | None
         if settings.path == "off":
             self._stream = None
         elif settings.path == "-":
             self._stream = sys.stdout
         else:
-            self._stream = open(settings.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._stream = open(settings.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_LINES)
+        self._writer: threading.Thread | None = None
+        if self._stream is not None:
+            self._writer = threading.Thread(target=self._write_lines, name="access-log",
+                                            daemon=True)
+            self._writer.start()
+
+    def _write_lines(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        while True:
+            line = self._queue.get()
+            if line is None:
+                break
+            try:
+                stream.write(line)
+                if self._queue.empty():
+                    stream.flush()
+            except (OSError, ValueError):
+                continue
 
     def close(self) -> None:
+        """Write what is queued, then stop the writer (and close a log file)."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(5)
+            self._writer = None
         if self._stream is not None and self._stream is not sys.stdout:
             self._stream.close()
 
@@ -85,8 +123,6 @@ class AccessLogger:
                 + (f' reason="{reason}"' if reason else "")
             )
         try:
-            self._stream.write(line + "\n")
-            if self._stream is sys.stdout:
-                self._stream.flush()
-        except (OSError, ValueError):
-            pass
+            self._queue.put_nowait(line + "\n")
+        except queue.Full:
+            self.dropped += 1
