@@ -51,6 +51,24 @@ class RotationResult:
     offline_files: tuple[Path, ...]
 
 
+def _record_authority(s: Session, cert: x509.Certificate, role: str, *, key_file: str | None,
+                      issuer: bool) -> None:
+    """Add a CA certificate (root, intermediate or cross) to the inventory."""
+    s.store.add_authority(
+        serial=cert.serial_number,
+        role=role,
+        cert_pem=pem(cert),
+        key_file=key_file,
+        not_after=cert.not_valid_after_utc,
+        issuer=issuer,
+        now=s.now,
+    )
+
+
+def _intermediate_key_name(cert: x509.Certificate) -> str:
+    return f"intermediate-{serial_hex(cert.serial_number)}.key"
+
+
 def _check_offline_dir(layout: CALayout, directory: Path) -> Path:
     target = directory.absolute()
     state = layout.state_dir.absolute()
@@ -135,25 +153,10 @@ def init_ca(
                 settings["crl_next_update"] = str(int(next_update.total_seconds()))
             for key, value in settings.items():
                 s.store.put(key, value)
-            s.store.add_authority(
-                serial=root.serial_number,
-                role="root",
-                cert_pem=pem(root),
-                key_file=root_key_file,
-                not_after=root.not_valid_after_utc,
-                issuer=single_tier,
-                now=s.now,
-            )
+            _record_authority(s, root, "root", key_file=root_key_file, issuer=single_tier)
             if intermediate is not None:
-                s.store.add_authority(
-                    serial=intermediate.serial_number,
-                    role="intermediate",
-                    cert_pem=pem(intermediate),
-                    key_file=f"intermediate-{serial_hex(intermediate.serial_number)}.key",
-                    not_after=intermediate.not_valid_after_utc,
-                    issuer=True,
-                    now=s.now,
-                )
+                _record_authority(s, intermediate, "intermediate",
+                                  key_file=_intermediate_key_name(intermediate), issuer=True)
             s.audit(
                 "init",
                 name=name,
@@ -238,37 +241,14 @@ def rotate(
             if new_root:
                 generation = int(s.store.get("root_generation", "1") or "1") + 1
                 s.store.put("root_generation", str(generation))
-                s.store.add_authority(
-                    serial=root_cert.serial_number,
-                    role="root",
-                    cert_pem=pem(root_cert),
-                    key_file=root_key_name,
-                    not_after=root_cert.not_valid_after_utc,
-                    issuer=single_tier,
-                    now=s.now,
-                )
+                _record_authority(s, root_cert, "root", key_file=root_key_name, issuer=single_tier)
             if cross is not None:
-                s.store.add_authority(
-                    serial=cross.serial_number,
-                    role="cross",
-                    cert_pem=pem(cross),
-                    key_file=None,
-                    not_after=cross.not_valid_after_utc,
-                    issuer=False,
-                    now=s.now,
-                )
+                _record_authority(s, cross, "cross", key_file=None, issuer=False)
             if intermediate is not None:
                 generation = int(s.store.get("intermediate_generation", "1") or "1") + 1
                 s.store.put("intermediate_generation", str(generation))
-                s.store.add_authority(
-                    serial=intermediate.serial_number,
-                    role="intermediate",
-                    cert_pem=pem(intermediate),
-                    key_file=f"intermediate-{serial_hex(intermediate.serial_number)}.key",
-                    not_after=intermediate.not_valid_after_utc,
-                    issuer=True,
-                    now=s.now,
-                )
+                _record_authority(s, intermediate, "intermediate",
+                                  key_file=_intermediate_key_name(intermediate), issuer=True)
             s.store.put("derived_stale", "1")
             s.audit(
                 "rotate",
