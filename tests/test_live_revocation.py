@@ -9,6 +9,7 @@ while the previous one stays in force.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,19 @@ def test_role_change_applies_without_restart(live):
     wait_until(lambda: roles() == ["ops"], 5, "the ops role to appear")
     _ca(state, "role", "remove", "dave", "ops")
     wait_until(lambda: roles() == [], 5, "the ops role to go")
+
+
+def test_revocation_reaches_connections_from_before_a_reload(live):
+    tmp_path, state, proxy = live
+    ctx = client_context(state / "ca" / "root.crt", tmp_path / "carol.chain.pem",
+                         tmp_path / "carol.key")
+    with Connection(proxy.port, ctx, timeout=5) as old_conn:
+        assert old_conn.request("GET", "/").status == 200
+        proxy.signal(signal.SIGHUP)  # same config: a new runtime; old_conn keeps the old one
+        proxy.wait_for_log("configuration reloaded")
+        assert old_conn.request("GET", "/").status == 200
+        _ca(state, "revoke", "carol")
+        wait_until(lambda: "revoked" in _curl(tmp_path, state, proxy.port, "carol").stdout, 5,
+                   "carol to be refused on new connections")
+        with pytest.raises((ConnectionError, OSError)):
+            old_conn.request("GET", "/")

@@ -100,7 +100,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        self.watcher = RevocationWatcher(self.current)
+        self.watcher = RevocationWatcher(self.current, lambda: list(self._old))
         self.watcher.start()
         log.info("certgate listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if self.on_ready is not None:

@@ -46,8 +46,12 @@ def signature(paths: tuple[Path, ...]) -> Signature:
 
 
 class RevocationWatcher:
-    def __init__(self, current: Callable[[], Runtime]) -> None:
+    def __init__(self, current: Callable[[], Runtime],
+                 older: Callable[[], list[Runtime]] = list) -> None:
         self._current = current
+        # Runtimes replaced by a reload but still serving connections that
+        # started under them: a revocation must close those connections too.
+        self._older = older
         self._last: Signature | None = None
         self._task: asyncio.Task[None] | None = None
         self.refreshes = 0
@@ -91,10 +95,14 @@ class RevocationWatcher:
             self.failures += 1
             log.error("revocation refresh failed, keeping the previous CRLs: %s", exc)
             return False
-        runtime.revocation = index
-        if roles is not None:
-            runtime.set_roles(roles)
-        closed = runtime.revoke_live()
+        closed = 0
+        for target in (runtime, *self._older()):
+            if target is not runtime and target.crl_paths != runtime.crl_paths:
+                continue  # a reload changed the CRL sources; that runtime keeps its own
+            target.revocation = index
+            if roles is not None:
+                target.set_roles(roles)
+            closed += target.revoke_live()
         self.refreshes += 1
         log.info("revocation and roles refreshed (%d CRL(s)); closed %d revoked connection(s)",
                  len(index.infos), closed)
