@@ -73,12 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", type=Path, required=True, help="config file")
     check.set_defaults(handler=cmd_check)
 
-    try:
-        from certgate.ca.commands import add_subcommands
-    except ImportError:  # pragma: no cover - the CA package is part of certgate
-        pass
-    else:
-        add_subcommands(sub)
+    from certgate.ca.commands import add_subcommands
+
+    add_subcommands(sub)
     return parser
 
 

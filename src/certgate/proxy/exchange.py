@@ -36,7 +36,7 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A chunked body grew past the route's max_body mid-upload (-> 413 or a cut)."""
 
 
 @dataclass(slots=True)
