@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 from certgate import __version__
+from certgate.config.schema import Config
 from certgate.errors import CertgateError, ConfigError
 
 
-def _load(path: Path | None) -> tuple[object, Path | None, bool]:
+def _load(path: Path | None) -> tuple[Config, Path | None, bool]:
+    """The config to run: -c FILE, else ./certgate.yaml, else the embedded default."""
     from certgate.config.loader import load_config
     from certgate.defaults import DEFAULT_CONFIG_FILE, embedded_default
 
@@ -30,12 +32,10 @@ def _load(path: Path | None) -> tuple[object, Path | None, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from certgate.config.schema import Config
     from certgate.defaults import first_steps
     from certgate.supervisor import supervise
 
     config, path, embedded = _load(args.config)
-    assert isinstance(config, Config)
 
     def ready(bound: list[tuple[str, int]]) -> None:
         if embedded:

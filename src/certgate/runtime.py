@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,7 +79,7 @@ class Runtime:
 
             bundle = x509.load_pem_x509_certificates(ca.trust_bundle_path.read_bytes())
             self._builtin_issuers = frozenset(c.subject.rfc4514_string() for c in bundle)
-            self.refresh_roles()
+            self.set_roles(ca.inventory_snapshot())
 
     # -- per connection -------------------------------------------------
     def check_peer(self, der: bytes) -> tuple[ClientIdentity | None, str | None]:
@@ -121,13 +120,8 @@ class Runtime:
             return self._roles.get(identity.serial, ())
         return ()
 
-    def refresh_roles(self) -> None:
-        """Re-read the built-in CA's role assignments (cheap, read-only)."""
-        if self.ca is None:
-            return
-        self._roles = self.ca.inventory_snapshot()
-
     def set_roles(self, roles: dict[int, tuple[str, ...]]) -> None:
+        """Install a role snapshot (serial -> roles) read from the built-in CA."""
         self._roles = roles
 
     def watched_files(self) -> tuple[Path, ...]:
@@ -245,4 +239,4 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
                    trust_pem=trust_pem or "")
 
 
-__all__ = ["Runtime", "TLSSetupError", "build_runtime", "ssl"]
+__all__ = ["Runtime", "TLSSetupError", "build_runtime"]

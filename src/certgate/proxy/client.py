@@ -26,7 +26,7 @@ import h11
 from certgate.config.schema import ClientAuth
 from certgate.errors import HTTPError
 from certgate.http.responses import plain_response
-from certgate.proxy.admission import Admitted, admit
+from certgate.proxy.admission import Admitted, admit, check_framing
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.exchange import Plan, relay
 from certgate.tls.identity import ClientIdentity
@@ -187,17 +187,14 @@ class ClientConnection(Channel):
                       admitted: Admitted | None = None) -> bool:
         """Answer ``error``; False when the connection must close afterwards."""
         if request is not None and not error.close and self.h11.their_state is h11.SEND_BODY:
-            raw = request.headers.raw_items()
-            has_body = any(n.lower() == b"transfer-encoding" for n, _ in raw) or any(
-                n.lower() == b"content-length" and v.strip() not in (b"0", b"") for n, v in raw)
-            if not has_body:
+            # A refused request without a body can still keep the connection.
+            length, chunked = check_framing(list(request.headers.raw_items()))
+            if not chunked and not length:
                 self._skip_empty_body()
         close = error.close or self.h11.their_state is not h11.DONE
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self.abort()
             return False
-        if self.h11.their_state is h11.SEND_BODY and not close:
-            close = True
         response, body = plain_response(error.status, error.reason, close=close)
         out_before = self.bytes_out
         try:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from certgate.errors import HTTPError
+from certgate.http.headers import response_headers_for_client
 from certgate.proxy.channel import ChannelClosed, ChannelTimeout
 from certgate.proxy.tunnel import run_tunnel
 from certgate.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -165,8 +166,6 @@ async def _deliver(
     head: h11.Response | h11.InformationalResponse,
     pump: asyncio.Task[None] | None,
 ) -> Result:
-    from certgate.http.headers import response_headers_for_client
-
     headers = response_headers_for_client(head.headers.raw_items())
     if isinstance(head, h11.InformationalResponse):  # 101
         if plan.upgrade is None:
