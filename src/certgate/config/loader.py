@@ -33,6 +33,7 @@ from certgate.config.schema import (
     Metrics,
     PathRule,
     Route,
+    StaleCRL,
     Timeouts,
     TLSSettings,
     Upstream,
@@ -307,7 +308,7 @@ class _ConfigBuilder:
 
     def client_auth(self, node: Node) -> ClientAuthSettings:
         r = self.r
-        m = r.mapping(node, "client_auth", {"trusted_cas", "crls"})
+        m = r.mapping(node, "client_auth", {"trusted_cas", "crls", "stale_crl"})
         if m is None:
             return ClientAuthSettings()
 
@@ -326,7 +327,10 @@ class _ConfigBuilder:
         trusted = sources("trusted_cas") if "trusted_cas" in m else (BUILTIN,)
         if "trusted_cas" in m and not trusted:
             r.problem(m["trusted_cas"], "client_auth.trusted_cas", "must name at least one CA")
-        return ClientAuthSettings(trusted, sources("crls") if "crls" in m else ())
+        stale = r.choice(m["stale_crl"], "client_auth.stale_crl", StaleCRL) \
+            if "stale_crl" in m else None
+        return ClientAuthSettings(trusted, sources("crls") if "crls" in m else (),
+                                  stale or StaleCRL.REJECT)
 
     def limits(self, node: Node) -> Limits:
         r = self.r

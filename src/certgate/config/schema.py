@@ -26,6 +26,13 @@ class LogFormat(enum.Enum):
     COMBINED = "combined"
 
 
+class StaleCRL(enum.Enum):
+    """What to do with clients of an issuer whose CRL is past its nextUpdate."""
+
+    REJECT = "reject"  # fail closed: a stale CRL may be missing revocations
+    ALLOW = "allow"  # serve, but warn every minute and count each admission
+
+
 class ForwardCert(enum.Enum):
     """Whether the whole client certificate is passed to the upstream, and how."""
 
@@ -70,6 +77,7 @@ class TLSSettings:
 class ClientAuthSettings:
     trusted_cas: tuple[str, ...] = (BUILTIN,)  # BUILTIN or file paths
     crls: tuple[str, ...] = ()
+    stale_crl: StaleCRL = StaleCRL.REJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +188,9 @@ class AccessLog:
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    listen: Listen | None = None
+    # Prometheus' default-port registry lists 9464 for OpenTelemetry-style
+    # exporters; loopback only, since metrics reveal routes and traffic.
+    listen: Listen | None = Listen("127.0.0.1", 9464)
 
 
 @dataclass(frozen=True, slots=True)
