@@ -148,6 +148,10 @@ def start_certgate(tmp_path: Path, pki: PKI) -> Iterator[StartCertgate]:
 
     def start(config: str, **kwargs: object) -> CertgateProcess:
         text = config.replace("{state}", str(pki.state))
+        if "metrics:" not in text:
+            # Many certgates run side by side in tests; only the metrics
+            # tests ask for the listener (on a port of their own).
+            text += '\nmetrics: {listen: "off"}\n'
         process = CertgateProcess(text, tmp_path, **kwargs)  # type: ignore[arg-type]
         started.append(process)
         return process.start()

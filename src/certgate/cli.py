@@ -55,6 +55,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate the config, then SIGHUP the running certgate (like ``caddy reload``).
+
+    Checking first means a typo is reported here, at the terminal, instead
+    of only in the running proxy's log; the proxy re-checks anyway.
+    """
+    import signal
+
+    from certgate.config.loader import load_config
+    from certgate.errors import UsageError
+    from certgate.supervisor import pid_file
+
+    config = load_config(args.config)
+    if args.pid is not None:
+        pid = args.pid
+    else:
+        path = pid_file(config)
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the pid of the running certgate from {path}: "
+                             f"{getattr(exc, 'strerror', None) or exc} (is it running? "
+                             "give --pid)") from None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise UsageError(f"no process {pid}: certgate is not running (stale pid file?)") \
+            from None
+    except PermissionError:
+        raise UsageError(f"not allowed to signal process {pid}: run as its user") from None
+    print(f"{args.config}: OK; asked certgate (pid {pid}) to reload; "
+          "its log says whether the reload succeeded")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certgate",
@@ -72,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file; exit 2 on problems")
     check.add_argument("-c", "--config", type=Path, required=True, help="config file")
     check.set_defaults(handler=cmd_check)
+
+    reload = sub.add_parser("reload", help="check a config file, then make the running "
+                                           "certgate reload it (SIGHUP)")
+    reload.add_argument("-c", "--config", type=Path, required=True, help="config file")
+    reload.add_argument("--pid", type=int, help="process to signal (default: read from "
+                                                "STATE_DIR/certgate.pid)")
+    reload.set_defaults(handler=cmd_reload)
 
     from certgate.ca.commands import add_subcommands
 

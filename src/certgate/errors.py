@@ -43,8 +43,14 @@ class UsageError(CertgateError):
 class HTTPError(CertgateError):
     """A request that must be answered with ``status`` and a one-line reason."""
 
-    def __init__(self, status: int, reason: str, *, close: bool = False) -> None:
+    def __init__(self, status: int, reason: str, *, close: bool = False, kind: str = "",
+                 route: str = "") -> None:
         self.status = status
         self.reason = reason
         self.close = close
+        #: A bounded label for metrics: why a request was denied (403/421) or
+        #: how an upstream failed (502/504).
+        self.kind = kind
+        #: The route that refused, when one was chosen before the refusal.
+        self.route = route
         super().__init__(f"{status} {reason}")

@@ -25,6 +25,9 @@ from cryptography import x509
 from certgate.errors import CertgateError
 from certgate.tls.identity import ClientIdentity
 
+REVOKED = "client certificate revoked"
+STALE_CRL = "stale CRL: the issuer's revocation list is past its nextUpdate"
+
 
 class RevocationError(CertgateError):
     """A CRL is missing, unparsable or not signed by a trusted CA."""
@@ -53,11 +56,17 @@ class RevocationIndex:
         if revoked is None:
             return None
         if identity.serial in revoked:
-            return "client certificate revoked"
+            return REVOKED
         next_update = self._next_update.get(identity.issuer_dn)
         if next_update is not None and (now if now is not None else time.time()) > next_update:
-            return "stale CRL: the issuer's revocation list is past its nextUpdate"
+            return STALE_CRL
         return None
+
+    def stale(self, now: float | None = None) -> list[CRLInfo]:
+        """CRLs past their nextUpdate."""
+        moment = now if now is not None else time.time()
+        return [info for info in self.infos
+                if info.next_update is not None and moment > info.next_update]
 
 
 def _issuers(trust_pem: str) -> dict[str, list[x509.Certificate]]:

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from certgate import metrics
 from certgate.accesslog import AccessLogger
-from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route
+from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
 from certgate.hostnames import HostTable
 from certgate.proxy.upstream import UpstreamPool
-from certgate.revocation import RevocationIndex, load_revocation
+from certgate.revocation import STALE_CRL, RevocationIndex, load_revocation
 from certgate.routing import RouteTable
 from certgate.tls.contexts import (
     ContextSet,
@@ -56,7 +57,9 @@ class Runtime:
         *,
         crl_paths: tuple[Path, ...] = (),
         trust_pem: str = "",
+        trust_sources: tuple[Path, ...] = (),
     ) -> None:
+        self.trust_sources = trust_sources
         #: What the revocation watcher re-reads (see certgate.watch).
         self.crl_paths = crl_paths
         self.trust_pem = trust_pem
@@ -96,8 +99,16 @@ class Runtime:
             return None, f"client certificate could not be parsed: {exc}"
         reason = check_client_certificate_profile(identity) or validity_problem(identity)
         if reason is None:
-            reason = self.revocation.check(identity)
+            reason = self.revocation_problem(identity)
         return identity, reason
+
+    def revocation_problem(self, identity: ClientIdentity) -> str | None:
+        """Revoked, or stale CRL under ``stale_crl: reject``; None to admit."""
+        reason = self.revocation.check(identity)
+        if reason is STALE_CRL and self.config.client_auth.stale_crl is StaleCRL.ALLOW:
+            metrics.METRICS.stale_admission(identity.issuer_dn)
+            return None
+        return reason
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
@@ -132,6 +143,15 @@ class Runtime:
             files += [db, db.with_name(db.name + "-wal")]
         return tuple(files)
 
+    def rebuild_files(self) -> tuple[Path, ...]:
+        """Files whose change calls for a whole new runtime: server
+        certificates and keys (certbot renewals) and trusted CA bundles."""
+        files: list[Path] = []
+        for cert in self.config.tls.certificates:
+            files += [cert.cert, cert.key]
+        files += self.trust_sources
+        return tuple(files)
+
     def revoke_live(self) -> int:
         """Close open connections whose certificate no longer passes; return how many.
 
@@ -141,7 +161,7 @@ class Runtime:
         closed = 0
         for conn in list(self.connections):
             identity = conn.identity
-            if identity is not None and self.revocation.check(identity) is not None:
+            if identity is not None and self.revocation_problem(identity) is not None:
                 conn.abort()
                 closed += 1
         return closed
@@ -236,7 +256,7 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
             crl_paths.append(Path(source))
     revocation = load_revocation(crl_paths, trust_pem or "")
     return Runtime(config, routes, contexts, revocation, ca, crl_paths=tuple(crl_paths),
-                   trust_pem=trust_pem or "")
+                   trust_pem=trust_pem or "", trust_sources=tuple(sources))
 
 
 __all__ = ["Runtime", "TLSSetupError", "build_runtime"]

@@ -18,7 +18,9 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from certgate import metrics
 from certgate.config.loader import load_config
 from certgate.config.schema import Config, Listen
 from certgate.errors import CertgateError, ConfigError
@@ -26,6 +28,10 @@ from certgate.proxy.listener import Listener
 from certgate.revocation import RevocationError
 from certgate.runtime import Runtime, TLSSetupError, build_runtime
 from certgate.watch import RevocationWatcher
+
+if TYPE_CHECKING:
+    from certgate.metrics import Exporter
+    from certgate.sdnotify import Notifier
 
 log = logging.getLogger("certgate.server")
 
@@ -65,8 +71,17 @@ class Worker:
         reuse_port: bool = False,
         on_ready: Callable[[list[tuple[str, int]]], None] | None = None,
         install_signals: bool = True,
+        exporter: Exporter | None = None,
+        notifier: Notifier | None = None,
+        reload_done: Callable[[], None] | None = None,
     ) -> None:
         self.install_signals = install_signals
+        #: Set when this worker is the only process: it serves /metrics and
+        #: talks to systemd itself. Forked workers leave both to the parent
+        #: and report finished reloads through ``reload_done``.
+        self.exporter = exporter
+        self.notifier = notifier
+        self.reload_done = reload_done
         self.config = config
         self.config_path = config_path
         self.reuse_port = reuse_port
@@ -78,6 +93,7 @@ class Worker:
         self._reloading = False
         self._retiring: set[asyncio.Task[None]] = set()
         self.watcher: RevocationWatcher | None = None
+        self._reload_again = False
         self.reloads_ok = 0
         self.reloads_failed = 0
 
@@ -100,11 +116,16 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        self.watcher = RevocationWatcher(self.current, lambda: list(self._old))
+        self.watcher = RevocationWatcher(self.current, lambda: list(self._old),
+                                         rebuild=self.request_rebuild)
         self.watcher.start()
+        if self.exporter is not None:
+            self.exporter.serve_for(self.config)
         log.info("certgate listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if self.on_ready is not None:
             self.on_ready(bound)
+        if self.notifier is not None:
+            self.notifier.ready("serving")
         await self._stop.wait()
         await self.shutdown()
         return 0
@@ -114,18 +135,48 @@ class Worker:
 
     # -- reload -----------------------------------------------------------
     def request_reload(self) -> None:
+        """SIGHUP: re-read the config file and rebuild everything."""
+        self._start_reload(from_file=True)
+
+    def request_rebuild(self) -> None:
+        """Certificate or CA files changed: rebuild from the config already loaded."""
+        self._start_reload(from_file=False)
+
+    def _start_reload(self, *, from_file: bool) -> None:
         if self._reloading:
+            # One reload at a time; a SIGHUP during a rebuild must still be
+            # honoured, so remember it and run it next.
+            self._reload_again = self._reload_again or from_file
             return
         self._reloading = True
-        task = asyncio.get_running_loop().create_task(self.reload())
-        task.add_done_callback(lambda _: setattr(self, "_reloading", False))
+        if self.notifier is not None:
+            self.notifier.reloading()
+        task = asyncio.get_running_loop().create_task(self.reload(from_file=from_file))
+        task.add_done_callback(self._reload_finished)
 
-    async def reload(self) -> bool:
-        """Build a new runtime from the config file and swap it in; False on failure."""
+    def _reload_finished(self, _: asyncio.Task[bool]) -> None:
+        self._reloading = False
+        if self.reload_done is not None:
+            self.reload_done()
+        if self.notifier is not None:
+            self.notifier.ready("reloaded")
+        if self._reload_again:
+            self._reload_again = False
+            self._start_reload(from_file=True)
+
+    async def reload(self, *, from_file: bool = True) -> bool:
+        """Build a new runtime and swap it in; False (and nothing changed) on failure."""
         loop = asyncio.get_running_loop()
+        ok = await self._reload(loop, from_file)
+        metrics.METRICS.reload(ok)
+        return ok
+
+    async def _reload(self, loop: asyncio.AbstractEventLoop, from_file: bool) -> bool:
+        running = self.current().config
 
         def build() -> Runtime:
-            config = load_config(self.config_path) if self.config_path else self.config
+            config = load_config(self.config_path) if from_file and self.config_path \
+                else running
             if config.listen != self.config.listen:
                 log.warning("reload: listen addresses changed; restart certgate to apply "
                             "(the other changes are applied)")
@@ -143,6 +194,10 @@ class Worker:
             log.error("reload failed, keeping the running config: %s", exc)
             return False
         old, self.runtime = self.runtime, runtime
+        if self.watcher is not None:
+            self.watcher.rebaseline(runtime)
+        if self.exporter is not None:
+            self.exporter.config_changed(runtime.config)
         if old is not None:
             self._old.append(old)
             task = loop.create_task(self._retire(old))
@@ -162,6 +217,8 @@ class Worker:
 
     # -- shutdown -----------------------------------------------------------
     async def shutdown(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
         for listener in self.listeners:

@@ -8,19 +8,39 @@ the config and prepares shared state (the built-in CA, server certificates)
 SIGHUP (reload) and SIGTERM/SIGINT (graceful stop) to every worker, restarts a
 worker that dies unexpectedly (at most a few times a minute), and exits 0
 once all workers have drained.
+
+Process-wide duties live here too, whatever the worker count: the pid file
+``certgate reload`` signals, systemd notifications (READY=1 once every
+worker has bound; RELOADING=1 ... READY=1 around a reload, the second sent
+when every worker has reported its reload done), and the metrics listener,
+which sums the workers' counters (see :mod:`certgate.metrics`).
+
+Theory of operation (several workers). Each worker keeps a status pipe to
+the parent: it writes ``1`` once bound and ``R`` after each reload attempt.
+The parent's loop waits in a selector on those pipes and on a signal wakeup
+pipe (``signal.set_wakeup_fd``), so SIGCHLD, SIGHUP and SIGTERM are handled
+in the loop, not in signal handlers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import selectors
 import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certgate.config.schema import Config
+from certgate.errors import CertgateError
+from certgate.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from certgate.metrics import Exporter
 
 log = logging.getLogger("certgate.supervisor")
 
@@ -31,14 +51,26 @@ RESTART_WINDOW = 60.0
 # Building a runtime reads certificates and CRLs; a 100k-entry CRL takes
 # about a quarter of a second, so 60 s only trips on a wedged worker.
 WORKER_START_TIMEOUT = 60.0
+# A reload builds a runtime the same way; systemd waits for READY=1 after
+# RELOADING=1, so a wedged worker must not hold `systemctl reload` forever.
+RELOAD_ACK_TIMEOUT = 60.0
+PID_FILE = "certgate.pid"
+
+Ready = Callable[[list[tuple[str, int]]], None]
 
 
 def worker_count(config: Config) -> int:
     return config.workers if config.workers is not None else max(1, os.cpu_count() or 1)
 
 
+def pid_file(config: Config) -> Path:
+    return config.state_dir / PID_FILE
+
+
 def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
-               on_ready: Callable[[list[tuple[str, int]]], None] | None = None) -> int:
+               on_ready: Ready | None = None, exporter: Exporter | None = None,
+               notifier: Notifier | None = None,
+               reload_done: Callable[[], None] | None = None) -> int:
     import asyncio
 
     import uvloop
@@ -47,120 +79,257 @@ def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
 
     async def main() -> int:
         worker = Worker(config, config_path=config_path, reuse_port=reuse_port,
-                        on_ready=on_ready)
+                        on_ready=on_ready, exporter=exporter, notifier=notifier,
+                        reload_done=reload_done)
         return await worker.serve()
 
     asyncio.set_event_loop_policy(None)
     return uvloop.run(main())
 
 
-def supervise(config: Config, config_path: Path | None,
-              on_ready: Callable[[list[tuple[str, int]]], None] | None = None) -> int:
-    count = worker_count(config)
-    if count == 1:
-        return run_worker(config, config_path, reuse_port=False, on_ready=on_ready)
+def supervise(config: Config, config_path: Path | None, on_ready: Ready | None = None) -> int:
+    exporter: Exporter | None = None
+    if config.metrics.listen is not None:
+        from certgate import metrics
 
-    from certgate.runtime import build_runtime
+        exporter = metrics.prepare()
+    notifier = Notifier()
+    pidfile = pid_file(config)
+    _write_pid_file(pidfile)
+    try:
+        if worker_count(config) == 1:
+            return run_worker(config, config_path, reuse_port=False, on_ready=on_ready,
+                              exporter=exporter, notifier=notifier)
+        return _Parent(config, config_path, on_ready, exporter, notifier).run()
+    finally:
+        notifier.stopping()
+        notifier.close()
+        if exporter is not None:
+            exporter.close()
+        _remove_pid_file(pidfile)
 
-    build_runtime(config).close()  # prepare CA and certificates once, before forking
-    children: dict[int, int] = {}  # pid -> slot
-    restarts: list[float] = []
-    stopping = False
 
-    def spawn(slot: int) -> int:
-        """Fork a worker; return the read end of the pipe it reports readiness on."""
-        ready_read, ready_write = os.pipe()
+def _write_pid_file(path: Path) -> None:
+    from certgate.fsutil import atomic_write, ensure_private_dir
+
+    try:
+        ensure_private_dir(path.parent)
+        atomic_write(path, f"{os.getpid()}\n".encode(), mode=0o644)
+    except OSError as exc:  # a read-only state dir must not stop the proxy
+        log.warning("cannot write pid file %s (certgate reload needs --pid): %s", path, exc)
+
+
+def _remove_pid_file(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
+
+
+class _Parent:
+    """Fork, watch and signal N workers (see the module's theory of operation)."""
+
+    def __init__(self, config: Config, config_path: Path | None, on_ready: Ready | None,
+                 exporter: Exporter | None, notifier: Notifier) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.on_ready = on_ready
+        self.exporter = exporter
+        self.notifier = notifier
+        self.count = worker_count(config)
+        self.children: dict[int, tuple[int, int]] = {}  # pid -> (slot, status pipe)
+        self.restarts: list[float] = []
+        self.stopping = False
+        self.exit_code = 0
+        self.selector = selectors.DefaultSelector()
+        self.starting: set[int] = set()  # pids not yet bound
+        self.reload_pending: set[int] = set()
+        self.reload_deadline = 0.0
+
+    def spawn(self, slot: int) -> int:
+        status_read, status_write = os.pipe()
         pid = os.fork()
-        if pid == 0:
-            os.close(ready_read)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if pid == 0:  # the worker
+            os.close(status_read)
+            for key in list(self.selector.get_map().values()):
+                with contextlib.suppress(OSError):
+                    os.close(key.fd)
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
+            if self.exporter is not None:
+                self.exporter.forget()
 
             def bound(_: list[tuple[str, int]]) -> None:
-                os.write(ready_write, b"1")
-                os.close(ready_write)
+                os.write(status_write, b"1")
+
+            def reloaded() -> None:
+                with contextlib.suppress(OSError):
+                    os.write(status_write, b"R")
 
             code = 1
             try:
-                code = run_worker(config, config_path, reuse_port=True, on_ready=bound)
+                code = run_worker(self.config, self.config_path, reuse_port=True,
+                                  on_ready=bound, reload_done=reloaded)
             except BaseException:
                 log.exception("worker %d crashed", slot)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        os.close(ready_write)
-        children[pid] = slot
-        return ready_read
+        os.close(status_write)
+        os.set_blocking(status_read, False)
+        self.children[pid] = (slot, status_read)
+        self.starting.add(pid)
+        self.selector.register(status_read, selectors.EVENT_READ, pid)
+        return pid
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
-            try:
+    def signal_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                children.pop(pid, None)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    pipes = [spawn(slot) for slot in range(count)]
-    if not _await_workers(pipes, WORKER_START_TIMEOUT):
-        log.error("workers did not start; stopping")
-        forward(signal.SIGTERM, None)
-        stopping = True
-    elif on_ready is not None:
-        on_ready([(listen.host, listen.port) for listen in config.listen])
-    exit_code = 0
-    while children:
+    def run(self) -> int:
+        from certgate.runtime import build_runtime
+
+        build_runtime(self.config).close()  # prepare CA and certificates once, before forking
+        wake_read, wake_write = os.pipe()
+        for fd in (wake_read, wake_write):
+            os.set_blocking(fd, False)
+        self.selector.register(wake_read, selectors.EVENT_READ, None)
+        previous = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, lambda *_: None)  # handled in the loop via the wakeup fd
         try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid not in children:
-            continue
-        slot = children.pop(pid)
-        if stopping:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        log.error("worker %d (pid %d) exited with %d; restarting", slot, pid, code)
-        now = time.monotonic()
-        restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
-        if len(restarts) > MAX_RESTARTS:
-            log.error("workers keep crashing; stopping certgate")
-            stopping = True
-            exit_code = 1
-            forward(signal.SIGTERM, None)
-            continue
-        os.close(spawn(slot))
-    return exit_code
+            for slot in range(self.count):
+                self.spawn(slot)
+            start_deadline = time.monotonic() + WORKER_START_TIMEOUT
+            announced = False
+            while self.children:
+                if not announced and not self.starting and not self.stopping:
+                    announced = True
+                    self.on_all_bound()
+                if not announced and self.starting and time.monotonic() > start_deadline:
+                    log.error("workers did not start; stopping")
+                    self.stop(1)
+                    start_deadline = float("inf")
+                self.tick(wake_read)
+        finally:
+            signal.set_wakeup_fd(previous)
+            self.selector.close()
+            for fd in (wake_read, wake_write):
+                os.close(fd)
+        return self.exit_code
 
+    def on_all_bound(self) -> None:
+        if self.exporter is not None:
+            self.exporter.serve_for(self.config)
+        if self.on_ready is not None:
+            self.on_ready([(listen.host, listen.port) for listen in self.config.listen])
+        self.notifier.ready(f"serving with {self.count} workers")
 
-def _await_workers(pipes: list[int], timeout: float) -> bool:
-    """Wait until every worker wrote its ready byte (it has bound its sockets)."""
-    import selectors
+    def stop(self, code: int) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.exit_code = max(self.exit_code, code)
+            self.notifier.stopping()
+        self.signal_all(signal.SIGTERM)
 
-    deadline = time.monotonic() + timeout
-    waiting = set(pipes)
-    with selectors.DefaultSelector() as selector:
-        for fd in pipes:
-            selector.register(fd, selectors.EVENT_READ)
-        while waiting:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            for key, _ in selector.select(remaining):
-                fd = int(key.fd)
-                data = os.read(fd, 1)
-                selector.unregister(fd)
-                waiting.discard(fd)
-                if data != b"1":  # EOF: the worker died before binding
-                    for other in pipes:
-                        os.close(other)
-                    return False
-    for fd in pipes:
-        os.close(fd)
-    return not waiting
+    def tick(self, wake_read: int) -> None:
+        timeout = 1.0
+        if self.reload_pending:
+            timeout = max(0.0, min(timeout, self.reload_deadline - time.monotonic()))
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                self.on_signals(os.read(wake_read, 64))
+            else:
+                self.on_status(key.data, key.fd)
+        self.reap()
+        if self.reload_pending and time.monotonic() > self.reload_deadline:
+            log.error("reload: %d worker(s) did not report back in %.0f s",
+                      len(self.reload_pending), RELOAD_ACK_TIMEOUT)
+            self.reload_finished()
+
+    def on_signals(self, data: bytes) -> None:
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.stop(0)
+            elif signum == signal.SIGHUP and not self.stopping:
+                self.reload()
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        self.reload_pending = set(self.children) - self.starting
+        self.reload_deadline = time.monotonic() + RELOAD_ACK_TIMEOUT
+        self.signal_all(signal.SIGHUP)
+        if self.config_path is not None:
+            # The parent's own copy only feeds the metrics inventory and new
+            # workers; each worker validates and applies the file itself.
+            from certgate.config.loader import load_config
+
+            with contextlib.suppress(CertgateError, OSError):
+                self.config = load_config(self.config_path)
+                if self.exporter is not None:
+                    self.exporter.config_changed(self.config)
+        if not self.reload_pending:
+            self.reload_finished()
+
+    def reload_finished(self) -> None:
+        self.reload_pending.clear()
+        self.notifier.ready("reloaded")
+
+    def on_status(self, pid: int, fd: int) -> None:
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        if not data:  # the worker closed its end: it is exiting
+            self.selector.unregister(fd)
+            return
+        for byte in data:
+            if byte == ord("1"):
+                self.starting.discard(pid)
+            elif byte == ord("R") and pid in self.reload_pending:
+                self.reload_pending.discard(pid)
+                if not self.reload_pending:
+                    self.reload_finished()
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                continue
+            slot, fd = entry
+            if fd in self.selector.get_map():
+                self.selector.unregister(fd)
+            os.close(fd)
+            if self.exporter is not None:
+                self.exporter.worker_gone(pid)
+            was_starting = pid in self.starting
+            self.starting.discard(pid)
+            if pid in self.reload_pending:
+                self.reload_pending.discard(pid)
+                if not self.reload_pending:
+                    self.reload_finished()
+            if self.stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if was_starting:
+                log.error("worker %d (pid %d) exited with %d before binding; stopping",
+                          slot, pid, code)
+                self.stop(1)
+                continue
+            log.error("worker %d (pid %d) exited with %d; restarting", slot, pid, code)
+            now = time.monotonic()
+            self.restarts[:] = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+            if len(self.restarts) > MAX_RESTARTS:
+                log.error("workers keep crashing; stopping certgate")
+                self.stop(1)
+                continue
+            self.spawn(slot)

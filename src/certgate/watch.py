@@ -1,15 +1,25 @@
-"""Keep revocation and roles current without a reload.
+"""Keep revocation, roles and certificates current without a SIGHUP.
 
 Theory of operation. Once a second the worker asks, in a thread (stat can
-block on a slow disk), for a cheap signature of the watched files: the CRL
-files (their path is re-resolved each time, so an atomic rename or a
-Kubernetes-style symlink swap is seen) and the built-in CA's inventory
-database with its WAL. When the signature changes, the CRLs are parsed and
-verified and the role snapshot is read, still in the thread; the results are
-swapped into the current runtime with plain attribute assignments on the
-event loop, and connections whose certificate is now revoked are closed.
-A CRL that fails to parse or verify changes nothing and is logged with its
-file and reason; the previous index stays in force.
+block on a slow disk), for a cheap signature of two groups of files; every
+path is re-resolved each time, so an atomic rename or a Kubernetes-style
+symlink swap is seen.
+
+* Revocation: the CRL files and the built-in CA's inventory database with
+  its WAL. When their signature changes, the CRLs are parsed and verified
+  and the role snapshot is read, still in the thread; the results are
+  swapped into the current runtime with plain attribute assignments on the
+  event loop, and connections whose certificate is now revoked are closed.
+  A CRL that fails to parse or verify changes nothing and is logged with
+  its file and reason; the previous index stays in force.
+* Rebuild: server certificates and keys and trusted CA bundles. A change
+  asks the worker for a whole new runtime (as a SIGHUP does, but from the
+  config already loaded). certbot swaps the certificate and key symlinks
+  one after the other, so the rebuild waits until the signature has held
+  still for one poll: a certificate is never paired with the old key.
+
+Once a minute, CRLs past their nextUpdate are logged, with what certgate
+does about them (``client_auth.stale_crl``).
 """
 
 from __future__ import annotations
@@ -17,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from certgate.config.schema import StaleCRL
 from certgate.errors import CertgateError
 from certgate.revocation import RevocationIndex, load_revocation
 from certgate.runtime import Runtime
@@ -29,8 +41,21 @@ log = logging.getLogger("certgate.watch")
 # The revocation issue asks for changes to bite within 2 s; polling at 1 s
 # costs a handful of stat calls per second.
 POLL_INTERVAL = 1.0
+# "A warning every minute" for a stale CRL: often enough to be seen in a
+# journal, rare enough not to drown it.
+STALE_WARNING_INTERVAL = 60.0
 
 Signature = tuple[tuple[str, int, int, int], ...]
+
+
+def _signatures(runtime: Runtime) -> tuple[Signature, Signature]:
+    return signature(runtime.watched_files()), signature(runtime.rebuild_files())
+
+
+def _utc(moment: float | None) -> str:
+    if moment is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
 def signature(paths: tuple[Path, ...]) -> Signature:
@@ -47,21 +72,34 @@ def signature(paths: tuple[Path, ...]) -> Signature:
 
 class RevocationWatcher:
     def __init__(self, current: Callable[[], Runtime],
-                 older: Callable[[], list[Runtime]] = list) -> None:
+                 older: Callable[[], list[Runtime]] = list,
+                 rebuild: Callable[[], None] | None = None) -> None:
         self._current = current
         # Runtimes replaced by a reload but still serving connections that
         # started under them: a revocation must close those connections too.
         self._older = older
+        self._rebuild = rebuild
         self._last: Signature | None = None
+        self._last_build: Signature | None = None
+        self._moving: Signature | None = None  # a rebuild group change not yet settled
         self._task: asyncio.Task[None] | None = None
+        self._next_stale_warning = 0.0
         self.refreshes = 0
         self.failures = 0
 
     def start(self) -> None:
         # Baseline now, so a change between the runtime build and the first
         # poll is not mistaken for the starting state.
-        self._last = signature(self._current().watched_files())
+        runtime = self._current()
+        self._last = signature(runtime.watched_files())
+        self._last_build = signature(runtime.rebuild_files())
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def rebaseline(self, runtime: Runtime) -> None:
+        """Take ``runtime``'s files as they are now as the starting state (after a reload)."""
+        self._last = signature(runtime.watched_files())
+        self._last_build = signature(runtime.rebuild_files())
+        self._moving = None
 
     def stop(self) -> None:
         if self._task is not None:
@@ -72,13 +110,41 @@ class RevocationWatcher:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             runtime = self._current()
-            files = runtime.watched_files()
-            current = await loop.run_in_executor(None, signature, files)
-            if self._last is None or current == self._last:
+            self.warn_if_stale(runtime, loop.time())
+            current, build = await loop.run_in_executor(None, _signatures, runtime)
+            if runtime is not self._current():
+                continue  # a reload swapped runtimes meanwhile; it rebaselined
+            if self._last is not None and current != self._last:
                 self._last = current
-                continue
+                await self.refresh(runtime)
             self._last = current
-            await self.refresh(runtime)
+            self._check_rebuild(build)
+
+    def _check_rebuild(self, build: Signature) -> None:
+        if build == self._last_build:
+            self._moving = None
+            return
+        if build != self._moving:
+            self._moving = build  # changed; wait one poll for it to settle
+            return
+        self._last_build, self._moving = build, None
+        if self._rebuild is not None:
+            log.info("certificate or CA files changed; rebuilding the runtime")
+            self._rebuild()
+
+    def warn_if_stale(self, runtime: Runtime, now: float) -> None:
+        if now < self._next_stale_warning:
+            return
+        stale = runtime.revocation.stale()
+        if not stale:
+            return
+        self._next_stale_warning = now + STALE_WARNING_INTERVAL
+        allow = runtime.config.client_auth.stale_crl is StaleCRL.ALLOW
+        for info in stale:
+            log.warning("CRL %s for %s is past its nextUpdate (%s); %s", info.path,
+                        info.issuer_dn, _utc(info.next_update),
+                        "admitting its clients anyway (stale_crl: allow)" if allow
+                        else "refusing its clients (stale_crl: reject)")
 
     async def refresh(self, runtime: Runtime) -> bool:
         """Re-read CRLs and roles for ``runtime``; False if a CRL was refused."""

@@ -33,7 +33,7 @@ from certgate.ca.profiles import (
 )
 from certgate.ca.session import Session, session
 from certgate.ca.store import CertRecord, Store
-from certgate.ca.timeutil import lifetime, utcnow
+from certgate.ca.timeutil import lifetime, parse_rfc3339, utcnow
 from certgate.errors import CAError, UsageError
 
 # ensure_server_certificate replaces a stored server certificate once it has
@@ -397,6 +397,15 @@ class CertificateAuthority:
             return store.valid_roles(utcnow())
         finally:
             store.close()
+
+    def client_expiries(self) -> list[tuple[str, int, datetime]]:
+        """(name, serial, not_after) of every valid client certificate; read-only."""
+        store = Store(self.layout.database)
+        try:
+            rows = store.valid_client_expiries(utcnow())
+        finally:
+            store.close()
+        return [(name, serial, parse_rfc3339(when)) for name, serial, when in rows]
 
     def roles_for_serial(self, serial: int) -> tuple[str, ...]:
         """Roles of a valid certificate; () for unknown, revoked or expired ones."""

@@ -150,7 +150,7 @@ def _authority_from_row(row: sqlite3.Row) -> Authority:
 class Store:
     """A connection to the inventory with the queries the CA needs."""
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, read_only: bool = False) -> None:
         if not path.exists():
             if not create:
                 raise CAError(f"no CA inventory at {path}")
@@ -158,6 +158,14 @@ class Store:
             # and it gives the -wal/-shm files the database file's mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.path = path
+        if read_only:
+            # mode=ro: SQLite refuses every write (and skips the checkpoint a
+            # last read-write connection runs on close), for lookups that must
+            # never change the CA, such as `certgate explain`.
+            self.conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
+                                        isolation_level=None, timeout=30.0)
+            self.conn.row_factory = sqlite3.Row
+            return
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -340,6 +348,15 @@ class Store:
             (rfc3339(now),),
         )
         return {int(row[0], 16): tuple(json.loads(row[1])) for row in rows}
+
+    def valid_client_expiries(self, now: datetime) -> list[tuple[str, int, str]]:
+        """(name, serial, not_after RFC 3339) of every client certificate in use."""
+        rows = self.conn.execute(
+            "SELECT name, serial, not_after FROM certificates WHERE kind = 'client' AND "
+            "revoked_at IS NULL AND superseded_by IS NULL AND not_after > ?",
+            (rfc3339(now),),
+        )
+        return [(str(row[0]), int(row[1], 16), str(row[2])) for row in rows]
 
     def roles_of(self, serial: int, now: datetime) -> tuple[str, ...]:
         row = self.conn.execute(

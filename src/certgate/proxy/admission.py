@@ -28,6 +28,7 @@ from certgate.errors import HTTPError
 from certgate.hostnames import InvalidHost, normalise_host
 from certgate.http import headers as hdr
 from certgate.http.target import BadTarget, parse_target
+from certgate.metrics import refusal_reason
 from certgate.policy import Decision, decide
 from certgate.tls.identity import ClientIdentity
 
@@ -122,11 +123,11 @@ def admit(
     for name in names:
         entry = runtime.routes.for_host(name)
         if entry is None:
-            raise HTTPError(421, f"no route for host {name}")
+            raise HTTPError(421, f"no route for host {name}", kind="misdirected")
         if entry.mode is not info.mode:
             sni = info.sni or "no SNI"
             raise HTTPError(421, f"host {name} is not served on a connection made for {sni}; "
-                                 "open a new connection")
+                                 "open a new connection", kind="misdirected")
     if target.form != "origin":
         raise HTTPError(400, f"{target.form}-form request targets are not accepted", close=True)
     host_routes = runtime.routes.for_host(host)
@@ -135,12 +136,14 @@ def admit(
     if route is None:
         raise HTTPError(404, f"no route for {host}{target.path}")
     if refusal is not None:
-        raise HTTPError(403, refusal, close=True)
+        raise HTTPError(403, refusal, close=True, kind=refusal_reason(refusal),
+                        route=route.name)
     method = request.method.decode("ascii", "replace")
     roles = runtime.roles_for(identity) if identity is not None else ()
     decision = decide(route, target.path, method, identity, roles)
     if not decision.allowed:
-        raise HTTPError(403, decision.reason)
+        raise HTTPError(403, decision.reason, route=route.name,
+                        kind="no_cert" if identity is None else "policy")
     if route.max_body is not None and length is not None and length > route.max_body:
         raise HTTPError(413, f"request body of {length} bytes exceeds this route's max_body "
                              f"({route.max_body})", close=True)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from certgate import metrics
 from certgate.config.schema import ClientAuth
 from certgate.errors import HTTPError
 from certgate.http.responses import plain_response
@@ -67,11 +68,17 @@ class ClientConnection(Channel):
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if der:
             self.identity, self.refusal = self.runtime.check_peer(der)
+        recorder = metrics.METRICS
+        if recorder.enabled:
+            recorder.handshake(self.info.listener, None if self.refusal is None
+                               else metrics.refusal_reason(self.refusal))
+            recorder.connection_opened(self.info.listener)
         self.runtime.connections.add(self)
         self.task = asyncio.get_running_loop().create_task(self.serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        metrics.METRICS.connection_closed()
         self.runtime.connection_closed(self)
 
     # ------------------------------------------------------------------
@@ -142,6 +149,7 @@ class ClientConnection(Channel):
             read_timeout=route.timeouts.read,
             tunnel_idle=route.timeouts.tunnel_idle,
             upgrade=admitted.upgrade,
+            route=route.name,
         )
         out_before = self.bytes_out
         in_before = self.bytes_in
@@ -149,10 +157,28 @@ class ClientConnection(Channel):
             result = await relay(self, plan)
         except HTTPError as exc:
             return await self._refuse(exc, request, started, admitted)
-        self.runtime.access_log.request(
-            self, request, admitted, result.status, self.bytes_in - in_before,
-            self.bytes_out - out_before, time.monotonic() - started)
+        self._record(request, admitted, result.status, self.bytes_in - in_before,
+                     self.bytes_out - out_before, started)
         return result.reusable and not self.lost
+
+    def _record(self, request: h11.Request | None, admitted: Admitted | None, status: int,
+                bytes_in: int, bytes_out: int, started: float,
+                error: HTTPError | None = None) -> None:
+        """One finished request: the access-log line and the metrics."""
+        seconds = time.monotonic() - started
+        self.runtime.access_log.request(self, request, admitted, status, bytes_in, bytes_out,
+                                        seconds, reason=error.reason if error else None)
+        recorder = metrics.METRICS
+        if not recorder.enabled:
+            return
+        route = admitted.route.name if admitted is not None else \
+            (error.route if error is not None and error.route else "-")
+        recorder.request(route, status, seconds, bytes_in, bytes_out)
+        if error is not None and error.kind:
+            if status >= 500:
+                recorder.upstream_error(route, error.kind)
+            else:
+                recorder.denial(route, error.kind)
 
     def _skip_empty_body(self) -> None:
         """Take the EndOfMessage h11 yields for a request without a body.
@@ -179,8 +205,7 @@ class ClientConnection(Channel):
             self.send(h11.Data(data=body))
         self.send(h11.EndOfMessage())
         await self.drain()
-        self.runtime.access_log.request(self, request, admitted, 200, 0,
-                                        self.bytes_out - out_before, time.monotonic() - started)
+        self._record(request, admitted, 200, 0, self.bytes_out - out_before, started)
         return True
 
     async def _refuse(self, error: HTTPError, request: h11.Request | None, started: float,
@@ -204,9 +229,8 @@ class ClientConnection(Channel):
             await self.drain()
         except (h11.LocalProtocolError, ChannelClosed):
             close = True
-        self.runtime.access_log.request(self, request, admitted, error.status, 0,
-                                        self.bytes_out - out_before, time.monotonic() - started,
-                                        reason=error.reason)
+        self._record(request, admitted, error.status, 0, self.bytes_out - out_before, started,
+                     error)
         if close:
             self.close()
         return not close

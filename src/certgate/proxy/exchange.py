@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from certgate import metrics
 from certgate.errors import HTTPError
 from certgate.http.headers import response_headers_for_client
 from certgate.proxy.channel import ChannelClosed, ChannelTimeout
@@ -51,6 +52,7 @@ class Plan:
     read_timeout: float
     tunnel_idle: float
     upgrade: bytes | None  # the Upgrade header value when the client asks to switch
+    route: str = "-"  # the route's name, for metrics labels
 
 
 @dataclass(slots=True)
@@ -115,13 +117,14 @@ async def relay(client: ClientConnection, plan: Plan) -> Result:
             label = plan.pool.upstream.label
             if nothing_received:
                 raise HTTPError(502, f"upstream {label} closed the connection without "
-                                     "responding") from None
-            raise HTTPError(502, f"upstream {label} sent an invalid response: {exc}") from None
+                                     "responding", kind="reset") from None
+            raise HTTPError(502, f"upstream {label} sent an invalid response: {exc}",
+                            kind="protocol") from None
         except ChannelTimeout:
             await _settle_pump(pump)
             conn.abort()
             raise HTTPError(504, f"upstream {plan.pool.upstream.label} did not respond within "
-                                 f"{plan.read_timeout:g}s", close=True) from None
+                                 f"{plan.read_timeout:g}s", close=True, kind="timeout") from None
         break
     return await _deliver(client, conn, plan, head, pump)
 
@@ -170,7 +173,8 @@ async def _deliver(
     if isinstance(head, h11.InformationalResponse):  # 101
         if plan.upgrade is None:
             conn.abort()
-            raise HTTPError(502, "upstream switched protocols without being asked", close=True)
+            raise HTTPError(502, "upstream switched protocols without being asked", close=True,
+                            kind="protocol")
         if pump is not None:
             await pump  # the upgrade request's (empty) body must be complete
         headers += [(b"connection", b"upgrade"), (b"upgrade", plan.upgrade)]
@@ -196,6 +200,7 @@ async def _deliver(
     except (ChannelClosed, ChannelTimeout, h11.RemoteProtocolError, h11.LocalProtocolError):
         # Headers already went out: the only honest signal left is to cut
         # the client connection so it sees a truncated response.
+        metrics.METRICS.upstream_error(plan.route, "reset")
         conn.abort()
         if pump is not None:
             pump.cancel()

@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from certgate import metrics
 from certgate.hostnames import InvalidHost, normalise_host
 from certgate.proxy.client import ClientConnection, ConnectionInfo
 from certgate.tls.clienthello import MAX_CLIENT_HELLO, peek_client_hello
@@ -110,6 +111,7 @@ class Listener:
             )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             self.handshake_failures += 1
+            metrics.METRICS.handshake(self.label, metrics.handshake_failure_reason(exc))
             runtime.handshake_failed(info, exc)
             with contextlib.suppress(OSError):
                 conn.close()

@@ -106,13 +106,17 @@ class UpstreamPool:
                 )
         except TimeoutError:
             raise HTTPError(504, f"upstream {label} did not accept a connection in time",
+                            kind="timeout",
                             close=False) from None
         except ConnectionRefusedError:
-            raise HTTPError(502, f"upstream {label} refused the connection") from None
+            raise HTTPError(502, f"upstream {label} refused the connection",
+                            kind="refused") from None
         except ssl.SSLError as exc:
-            raise HTTPError(502, f"TLS to upstream {label} failed: {exc.reason}") from None
+            raise HTTPError(502, f"TLS to upstream {label} failed: {exc.reason}",
+                            kind="tls") from None
         except OSError as exc:
-            raise HTTPError(502, f"upstream {label} unreachable: {exc.strerror or exc}") from None
+            raise HTTPError(502, f"upstream {label} unreachable: {exc.strerror or exc}",
+                            kind="refused") from None
         return protocol
 
     def release(self, conn: UpstreamConnection) -> None:
