@@ -32,7 +32,8 @@ class CertgateProcess:
     """``certgate run -c FILE`` in a subprocess, with its output captured."""
 
     def __init__(self, config_text: str | None, workdir: Path, *, name: str = "certgate.yaml",
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.extra_env = env or {}
         self.workdir = workdir
         self.config_path: Path | None = None
         if config_text is not None:  # None: run on ./certgate.yaml or the embedded default
@@ -50,7 +51,7 @@ class CertgateProcess:
         return self.ports[0]
 
     def start(self, timeout: float = 30.0) -> CertgateProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "certgate", *self.args, "run",
              *(["-c", str(self.config_path)] if self.config_path else [])],
@@ -117,3 +118,13 @@ class CertgateProcess:
 
     def wait_for_log(self, needle: str, timeout: float = 10.0) -> None:
         wait_until(lambda: needle in self.log_text(), timeout, f"log line {needle!r}")
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (for configs where port 0 will not do:
+    several workers binding port 0 would each get a different port)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
