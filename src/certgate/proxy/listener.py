@@ -131,7 +131,7 @@ class _PendingHello:
     def start(self) -> None:
         loop = self.listener._loop
         timeout = self.listener._current().config.limits.handshake_timeout
-        self.timer = loop.call_later(timeout, self.abandon)
+        self.timer = loop.call_later(timeout, self.abandon, "timeout")
         loop.add_reader(self.fd, self._on_readable)
 
     def _finish(self) -> None:
@@ -142,8 +142,16 @@ class _PendingHello:
         with contextlib.suppress(ValueError, OSError):
             self.listener._loop.remove_reader(self.fd)
 
-    def abandon(self) -> None:
+    def abandon(self, reason: str | None = None) -> None:
+        """Close a socket that never completed a ClientHello.
+
+        Only a ClientHello that stalls past the deadline counts as a failed
+        handshake; a TCP connect-and-close (port scanners, load-balancer
+        health checks) is not a TLS client and would only skew the ratio.
+        """
         self._finish()
+        if reason is not None:
+            metrics.METRICS.handshake(self.listener.label, reason)
         with contextlib.suppress(OSError):
             self.conn.close()
 
@@ -169,6 +177,7 @@ class _PendingHello:
             return
         self._finish()
         if peek.error is not None:
+            metrics.METRICS.handshake(self.listener.label, "protocol")
             if data[:1].isalpha():
                 with contextlib.suppress(OSError):
                     self.conn.send(_PLAIN_HTTP_ANSWER)
