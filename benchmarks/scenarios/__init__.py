@@ -1,0 +1,1 @@
+"""One module per group of scenarios; each exposes ``run(bench) -> {number: section}``."""
