@@ -304,6 +304,7 @@ def test_identity_requires_aware_datetimes() -> None:
             issuer_key_id=identity.issuer_key_id,
             der=identity.der,
             profile_problem=None,
+            subject_attrs=identity.subject_attrs,
         )
 
 

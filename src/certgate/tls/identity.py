@@ -65,7 +65,11 @@ class ClientIdentity:
     ``dirName:`` (RFC 4514 string), ``RID:`` (dotted OID) and ``otherName:``
     (its type OID only)). ``issuer_key_id`` is the authorityKeyIdentifier
     keyIdentifier (RFC 5280 s.4.2.1.1) when present, to find the issuer
-    without string-comparing DNs. ``profile_problem`` is what
+    without string-comparing DNs. ``subject_attrs`` is the subject as
+    (attribute name, value) pairs in certificate order, the name as RFC 4514
+    spells it (``CN``, ``O``, ``OU``, ..., or a dotted OID): matchers read
+    O and OU from here, never by splitting ``dn``, whose escaping (``\\,``)
+    would otherwise cut one value in two. ``profile_problem`` is what
     :func:`check_client_certificate_profile` said about the certificate,
     computed once at parse time; it has no default so an identity built by
     hand cannot silently pass the profile check.
@@ -83,6 +87,7 @@ class ClientIdentity:
     issuer_key_id: bytes | None
     der: bytes
     profile_problem: str | None
+    subject_attrs: tuple[tuple[str, str], ...]
 
     def __post_init__(self) -> None:
         if self.not_before.tzinfo is None or self.not_after.tzinfo is None:
@@ -159,6 +164,8 @@ def identity_from_der(der: bytes) -> ClientIdentity:
             issuer_key_id=aki.key_identifier if aki is not None else None,
             der=der,
             profile_problem=_profile_problem(cert),
+            subject_attrs=tuple((attr.rfc4514_attribute_name, _text(attr.value))
+                                for attr in cert.subject),
         )
     # A non-positive serial makes cryptography warn; under warnings-as-errors
     # (the test suite) the warning arrives as an exception of its own class.
