@@ -1,33 +1,83 @@
 """Who may reach a route or path: allow/deny matchers over a verified identity.
 
-Matchers are strings from the config: ``any``, ``role:NAME``, ``cn:VALUE``,
-``san:VALUE`` (as shown in X-Client-SAN, e.g. ``san:URI:spiffe://x/y``; a
-bare value matches any SAN type), ``fingerprint:HEX``, ``serial:HEX``,
-``o:``, ``ou:``, ``issuer:`` (RFC 4514 DN). Deny wins over allow. An allow
-list that matches nothing denies: a role nobody holds locks the path rather
-than opening it (fail closed).
+Theory of operation
+-------------------
+:func:`decide` is pure: it takes the route, the *normalised* path (from
+:func:`certgate.http.target.parse_target`, the same string the upstream
+receives), the method, the identity and its roles, and returns a
+:class:`Decision`. The proxy's admission and ``certgate explain`` both call
+it, so what ``explain`` says is what the proxy does.
 
-Rule choice inside a route: among the path rules whose pattern and method
-list match, the most specific pattern wins (most literal characters before
-the first wildcard, then longest), then the first in config order.
+Which rule governs a request. Among the route's path rules whose pattern
+matches the path and whose method list (if any) holds the method, the most
+specific pattern wins: the one with the most literal characters before its
+first wildcard, then the longer pattern, then the first in config order.
+No rule matching means the route's own settings apply. Method lists are
+compared case-insensitively, so ``get /admin`` is governed by a ``GET`` rule
+(some frameworks upper-case the method, and a rule must not be sidestepped by
+spelling). A rule with a method list governs only those methods; any other
+method on the same path falls to the next matching rule or the route.
+
+Patterns are globs over the normalised path, case-sensitive: ``*`` matches
+anything including ``/``, and ``/admin/*`` also covers ``/admin`` itself.
+
+Path parameters. ``/admin;x`` is a different path from ``/admin`` to most
+servers, but Java servlet containers strip ``;params`` from each segment
+before routing, so there it *is* ``/admin``. A path with ``;`` is therefore
+judged twice, as sent and with its parameters removed, and must pass both;
+parameters can never loosen a rule.
+
+How a rule decides, in order:
+
+1. ``client_auth: off`` (from the rule, else the route): allowed, with or
+   without a certificate (the loader refuses allow/deny next to ``off``).
+2. ``require`` and no certificate: denied, "client certificate required".
+3. deny: the route's ``deny`` plus the rule's ``deny``; any match denies.
+   Deny wins over allow.
+4. allow: the rule's ``allow`` if it has one, else the route's. With a
+   certificate, one matching entry allows. Without one (``optional``), only
+   the default ``[any]`` lets an anonymous client in: an explicit list names
+   who may pass, and an anonymous client is nobody. An allow list that
+   matches nothing denies, so a role nobody holds locks the path rather than
+   opening it (fail closed).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from certgate.config.schema import ClientAuth, PathRule, Route
+from certgate.matchers import ANY, Matcher
 from certgate.tls.identity import ClientIdentity
+
+__all__ = ["Decision", "decide", "describe_identity", "pick_rule", "strip_parameters"]
+
+# Decision codes: a small fixed set, for logs, ``explain`` and metric labels.
+CERTIFICATE_REQUIRED = "certificate required"
+DENIED = "denied"
+NOT_ALLOWED = "not allowed"
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """The outcome of :func:`decide`.
+
+    ``rule`` names what decided (``route HOST/PREFIX`` or ``route HOST/PREFIX,
+    rule PATTERN``); ``reason`` is the one-line 403 text (empty when
+    allowed) and names the rule and the identity; ``code`` is one of the
+    module's decision codes (empty when allowed); ``matcher`` is the deny or
+    allow entry that decided, when one did.
+    """
+
     allowed: bool
     client_auth: ClientAuth
-    rule: str  # which rule decided, for logs and 403 reasons
+    rule: str
     reason: str = ""
+    code: str = ""
+    matcher: Matcher | None = None
+    path_rule: PathRule | None = None
 
 
 def _specificity(pattern: str) -> tuple[int, int]:
@@ -40,6 +90,7 @@ def pick_rule(route: Route, path: str, method: str) -> PathRule | None:
     """The path rule that governs ``method path`` on ``route``, if any."""
     best: PathRule | None = None
     best_key = (-1, -1)
+    method = method.upper()
     for rule in route.rules:
         if rule.methods is not None and method not in rule.methods:
             continue
@@ -59,33 +110,24 @@ def _path_matches(pattern: str, path: str) -> bool:
     return fnmatch.fnmatchcase(path, pattern)
 
 
-def _is_hex(value: str) -> bool:
-    digits = value.replace(":", "")
-    return bool(digits) and all(c in "0123456789abcdefABCDEF" for c in digits)
+def strip_parameters(path: str) -> str:
+    """``path`` with ``;params`` removed from every segment (what a servlet routes on)."""
+    return "/".join(segment.partition(";")[0] for segment in path.split("/"))
 
 
-def _identity_matches(matcher: str, identity: ClientIdentity | None, roles: Iterable[str]) -> bool:
-    if matcher == "any":
-        return identity is not None
+def _safe(text: str, limit: int = 64) -> str:
+    # Identity fields are raw certificate text; a 403 body and a log line
+    # must stay one line whatever a CN contains.
+    out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
+def describe_identity(identity: ClientIdentity | None, roles: Iterable[str] = ()) -> str:
+    """``CN=alice serial 1f2e roles ops,family``, one line; for 403 reasons and explain."""
     if identity is None:
-        return False
-    kind, _, value = matcher.partition(":")
-    if kind == "role":
-        return value in roles
-    if kind == "cn":
-        return identity.cn == value
-    if kind == "san":
-        return any(san == value or san.partition(":")[2] == value for san in identity.sans)
-    if kind == "fingerprint":
-        return identity.fingerprint == value.lower().replace(":", "")
-    if kind == "serial":
-        return identity.serial == int(value.replace(":", ""), 16) if _is_hex(value) else False
-    if kind == "issuer":
-        return identity.issuer_dn == value
-    if kind in {"o", "ou"}:
-        prefix = "O=" if kind == "o" else "OU="
-        return any(part == prefix + value for part in identity.dn.split(","))
-    return False
+        return "no client certificate"
+    role_list = ",".join(roles) or "none"
+    return f"CN={_safe(identity.cn)} serial {identity.serial_hex} roles {_safe(role_list)}"
 
 
 def decide(
@@ -95,27 +137,53 @@ def decide(
     identity: ClientIdentity | None,
     roles: Iterable[str] = (),
 ) -> Decision:
-    """Judge one request against a route's rules; never raises."""
+    """Judge one request against a route's rules; never raises.
+
+    Args:
+        route: the route chosen for the request's host and path.
+        path: the normalised path (no query).
+        method: the request method as sent.
+        identity: the verified client identity, or None without a certificate.
+        roles: every role the identity holds (see :mod:`certgate.roles`).
+    """
+    role_set = frozenset(roles)
+    decision = _decide_one(route, path, method, identity, role_set)
+    if decision.allowed and ";" in path:
+        stripped = strip_parameters(path)
+        if stripped != path:
+            other = _decide_one(route, stripped, method, identity, role_set)
+            if not other.allowed:
+                return other
+    return decision
+
+
+def _decide_one(route: Route, path: str, method: str, identity: ClientIdentity | None,
+                roles: Collection[str]) -> Decision:
     rule = pick_rule(route, path, method)
     mode = rule.client_auth if rule is not None and rule.client_auth is not None \
         else route.client_auth
-    label = f"rule {rule.path}" if rule is not None else f"route {route.name}"
-    if mode is ClientAuth.OFF and rule is not None and rule.allow is None and not rule.deny:
-        return Decision(True, mode, label)
+    label = f"route {route.name}" + (f", rule {rule.path}" if rule is not None else "")
+
+    def refuse(code: str, what: str, matcher: Matcher | None = None) -> Decision:
+        reason = f"{what} ({label}); client: {describe_identity(identity, sorted(roles))}"
+        return Decision(False, mode, label, reason, code, matcher, rule)
+
+    if mode is ClientAuth.OFF:
+        return Decision(True, mode, label, path_rule=rule)
     if identity is None and mode is ClientAuth.REQUIRE:
-        return Decision(False, mode, label, "client certificate required")
-    role_set = frozenset(roles)
-    deny = rule.deny if rule is not None and rule.deny else route.deny
+        return refuse(CERTIFICATE_REQUIRED, "client certificate required")
+    deny = route.deny + (rule.deny if rule is not None else ())
     allow = rule.allow if rule is not None and rule.allow is not None else route.allow
     for matcher in deny:
-        if _identity_matches(matcher, identity, role_set):
-            return Decision(False, mode, label, f"denied by {matcher} ({label})")
+        if matcher.matches(identity, roles):
+            return refuse(DENIED, "denied by a deny rule", matcher)
     if identity is None:
-        # optional/off without a certificate: anonymous access is what the
-        # route asked for, unless it lists who is allowed in.
-        if mode is not ClientAuth.REQUIRE and allow in (("any",), ()):
-            return Decision(True, mode, label)
-        return Decision(False, mode, label, f"client certificate required ({label})")
-    if any(_identity_matches(matcher, identity, role_set) for matcher in allow):
-        return Decision(True, mode, label)
-    return Decision(False, mode, label, f"not allowed on this path ({label})")
+        # optional without a certificate: anonymous access is what the route
+        # asked for, unless it lists who is allowed in.
+        if allow == (ANY,):
+            return Decision(True, mode, label, path_rule=rule)
+        return refuse(CERTIFICATE_REQUIRED, "client certificate required")
+    for matcher in allow:
+        if matcher.matches(identity, roles):
+            return Decision(True, mode, label, matcher=matcher, path_rule=rule)
+    return refuse(NOT_ALLOWED, "not allowed on this path")

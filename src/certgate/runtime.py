@@ -22,6 +22,8 @@ from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, Sta
 from certgate.hostnames import HostTable
 from certgate.proxy.upstream import UpstreamPool
 from certgate.revocation import STALE_CRL, RevocationIndex, load_revocation
+from certgate.roles import BuiltinIssuers
+from certgate.roles import resolve as resolve_roles
 from certgate.routing import RouteTable
 from certgate.tls.contexts import (
     ContextSet,
@@ -76,12 +78,9 @@ class Runtime:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._pools: dict[int, UpstreamPool] = {}
         self._roles: dict[int, tuple[str, ...]] = {}
-        self._builtin_issuers: frozenset[str] = frozenset()
+        self._builtin_issuers = BuiltinIssuers()
         if ca is not None:
-            from cryptography import x509
-
-            bundle = x509.load_pem_x509_certificates(ca.trust_bundle_path.read_bytes())
-            self._builtin_issuers = frozenset(c.subject.rfc4514_string() for c in bundle)
+            self._builtin_issuers = BuiltinIssuers.from_pem(ca.trust_bundle_path.read_bytes())
             self.set_roles(ca.inventory_snapshot())
 
     # -- per connection -------------------------------------------------
@@ -127,9 +126,9 @@ class Runtime:
         await waiter
 
     def roles_for(self, identity: ClientIdentity) -> tuple[str, ...]:
-        if identity.issuer_dn in self._builtin_issuers:
-            return self._roles.get(identity.serial, ())
-        return ()
+        """Inventory roles (built-in certificates only) plus config role rules."""
+        return resolve_roles(identity, self._builtin_issuers, self._roles,
+                             self.config.client_auth.roles)
 
     def set_roles(self, roles: dict[int, tuple[str, ...]]) -> None:
         """Install a role snapshot (serial -> roles) read from the built-in CA."""

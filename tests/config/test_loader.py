@@ -64,7 +64,7 @@ routes:
     assert [str(listen) for listen in config.listen] == ["0.0.0.0:8443", "[::1]:8443"]
     ha, wild = config.routes
     assert ha.rules[0].client_auth is ClientAuth.OFF
-    assert ha.rules[1].allow == ("role:ops",)
+    assert [str(m) for m in ha.rules[1].allow or ()] == ["role:ops"]
     assert ha.forward_cert is ForwardCert.XFCC
     assert wild.host == "*.example.com"
     assert wild.upstream.is_whoami

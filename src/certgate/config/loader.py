@@ -32,6 +32,7 @@ from certgate.config.schema import (
     LogFormat,
     Metrics,
     PathRule,
+    RoleRule,
     Route,
     StaleCRL,
     Timeouts,
@@ -41,6 +42,7 @@ from certgate.config.schema import (
 )
 from certgate.errors import ConfigError
 from certgate.hostnames import InvalidHost, normalise_host, normalise_pattern
+from certgate.matchers import Matcher, MatcherError, check_role_name, parse_matcher
 from certgate.tls.contexts import TLSSetupError, read_server_certificate
 
 T = TypeVar("T")
@@ -308,7 +310,7 @@ class _ConfigBuilder:
 
     def client_auth(self, node: Node) -> ClientAuthSettings:
         r = self.r
-        m = r.mapping(node, "client_auth", {"trusted_cas", "crls", "stale_crl"})
+        m = r.mapping(node, "client_auth", {"trusted_cas", "crls", "stale_crl", "roles"})
         if m is None:
             return ClientAuthSettings()
 
@@ -329,8 +331,38 @@ class _ConfigBuilder:
             r.problem(m["trusted_cas"], "client_auth.trusted_cas", "must name at least one CA")
         stale = r.choice(m["stale_crl"], "client_auth.stale_crl", StaleCRL) \
             if "stale_crl" in m else None
+        roles = self.role_rules(m["roles"], "client_auth.roles") if "roles" in m else ()
         return ClientAuthSettings(trusted, sources("crls") if "crls" in m else (),
-                                  stale or StaleCRL.REJECT)
+                                  stale or StaleCRL.REJECT, roles)
+
+    def role_rules(self, node: Node, where: str) -> tuple[RoleRule, ...]:
+        """``client_auth.roles``: a list of ``{match: MATCHER | [MATCHER...], roles: [...]}``."""
+        r = self.r
+        out: list[RoleRule] = []
+        for i, item in enumerate(r.sequence(node, where)):
+            here = f"{where}[{i}]"
+            m = r.mapping(item, here, {"match", "roles"}, required=("match", "roles"))
+            if m is None or "match" not in m or "roles" not in m:
+                continue
+            before = len(r.problems)
+            match = self.matchers(m["match"], f"{here}.match", allow_roles=False)
+            if not match and len(r.problems) == before:
+                r.problem(m["match"], f"{here}.match", "needs at least one matcher")
+            roles: list[str] = []
+            for j, role_node in enumerate(r.sequence(m["roles"], f"{here}.roles",
+                                                     allow_scalar=True)):
+                name = r.string(role_node, f"{here}.roles[{j}]")
+                if name is None:
+                    continue
+                try:
+                    roles.append(check_role_name(name))
+                except MatcherError as exc:
+                    r.problem(role_node, f"{here}.roles[{j}]", str(exc))
+            if not roles and len(r.problems) == before:
+                r.problem(m["roles"], f"{here}.roles", "needs at least one role")
+            if match and roles:
+                out.append(RoleRule(match, tuple(dict.fromkeys(roles))))
+        return tuple(out)
 
     def limits(self, node: Node) -> Limits:
         r = self.r
@@ -407,14 +439,17 @@ class _ConfigBuilder:
             mode := r.choice(m["client_auth"], f"{where}.client_auth", ClientAuth)
         ):
             values["client_auth"] = mode
+        route_mode = values.get("client_auth", ClientAuth.REQUIRE)
         if "rules" in m:
             values["rules"] = tuple(
                 rule for i, item in enumerate(r.sequence(m["rules"], f"{where}.rules"))
-                if (rule := self.rule(item, f"{where}.rules[{i}]")) is not None
+                if (rule := self.rule(item, f"{where}.rules[{i}]", route_mode)) is not None
             )
         for key in ("allow", "deny"):
             if key in m:
                 values[key] = self.matchers(m[key], f"{where}.{key}")
+                if route_mode is ClientAuth.OFF:
+                    r.problem(m[key], f"{where}.{key}", _OFF_WITH_MATCHERS)
         if "timeouts" in m:
             values["timeouts"] = self.timeouts(m["timeouts"], f"{where}.timeouts")
         if "max_body" in m:
@@ -503,7 +538,7 @@ class _ConfigBuilder:
                   if (value := r.duration(m[key], f"{where}.{key}")) is not None}
         return Timeouts(**values)
 
-    def rule(self, node: Node, where: str) -> PathRule | None:
+    def rule(self, node: Node, where: str, route_mode: ClientAuth) -> PathRule | None:
         r = self.r
         m = r.mapping(node, where, {"path", "methods", "client_auth", "allow", "deny"},
                       required=("path",))
@@ -524,21 +559,27 @@ class _ConfigBuilder:
             if "client_auth" in m else None
         allow = self.matchers(m["allow"], f"{where}.allow") if "allow" in m else None
         deny = self.matchers(m["deny"], f"{where}.deny") if "deny" in m else ()
+        if (mode or route_mode) is ClientAuth.OFF:
+            for key in ("allow", "deny"):
+                if key in m:
+                    r.problem(m[key], f"{where}.{key}", _OFF_WITH_MATCHERS)
         return PathRule(pattern, methods, mode, allow, deny)
 
-    def matchers(self, node: Node, where: str) -> tuple[str, ...]:
-        out: list[str] = []
+    def matchers(self, node: Node, where: str, *, allow_roles: bool = True
+                 ) -> tuple[Matcher, ...]:
+        """A matcher or a list of them; each problem is placed at ``where[i]``
+        (or at ``where`` itself for a single matcher written without a list)."""
+        out: list[Matcher] = []
+        single = isinstance(node, yaml.ScalarNode)
         for i, item in enumerate(self.r.sequence(node, where, allow_scalar=True)):
-            text = self.r.string(item, f"{where}[{i}]")
+            here = where if single else f"{where}[{i}]"
+            text = self.r.string(item, here)
             if text is None:
                 continue
-            kind, sep, value = text.partition(":")
-            if text != "any" and (not sep or not value or kind not in _MATCHER_KINDS):
-                self.r.problem(item, f"{where}[{i}]",
-                               f"expected any or one of {', '.join(sorted(_MATCHER_KINDS))}"
-                               f" followed by ':VALUE', got {text!r}")
-                continue
-            out.append(text)
+            try:
+                out.append(parse_matcher(text, allow_roles=allow_roles))
+            except MatcherError as exc:
+                self.r.problem(item, here, str(exc))
         return tuple(out)
 
     def cross_checks(self, root: Node, top: dict[str, Node], config: Config) -> None:
@@ -559,7 +600,10 @@ class _ConfigBuilder:
                            "routes ask for client certificates but no CA is trusted")
 
 
-_MATCHER_KINDS = {"role", "cn", "san", "fingerprint", "serial", "o", "ou", "issuer"}
+# An allow/deny list next to `off` would read as a restriction that is never
+# applied: refuse it rather than leave a path open that looks closed.
+_OFF_WITH_MATCHERS = ("has no effect under client_auth: off (the path is public and no "
+                      "certificate is checked): remove it, or use optional or require")
 
 
 def load_config_text(text: str, source: str, base_dir: Path | None = None) -> Config:

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certgate.matchers import ANY, Matcher
+
 
 class ClientAuth(enum.Enum):
     """How much a route (or path rule) insists on a client certificate."""
@@ -74,10 +76,21 @@ class TLSSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RoleRule:
+    """``client_auth.roles[]``: certificates matching every matcher get ``roles``."""
+
+    match: tuple[Matcher, ...]  # all must match (AND); never empty, never role:
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ClientAuthSettings:
     trusted_cas: tuple[str, ...] = (BUILTIN,)  # BUILTIN or file paths
     crls: tuple[str, ...] = ()
     stale_crl: StaleCRL = StaleCRL.REJECT
+    # Roles for certificates from any trusted CA, added to the built-in
+    # inventory's roles (see certgate.roles).
+    roles: tuple[RoleRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +141,13 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class PathRule:
-    """A per-path rule inside a route (see the policy issue for allow/deny)."""
+    """A per-path rule inside a route; :mod:`certgate.policy` says how it applies."""
 
     path: str  # glob pattern, e.g. /api/webhook/*
-    methods: frozenset[str] | None = None
+    methods: frozenset[str] | None = None  # uppercase; None: every method
     client_auth: ClientAuth | None = None  # None: inherit the route's
-    allow: tuple[str, ...] | None = None
-    deny: tuple[str, ...] = ()
+    allow: tuple[Matcher, ...] | None = None  # None: the route's allow list
+    deny: tuple[Matcher, ...] = ()  # added to the route's deny list
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +157,8 @@ class Route:
     path: str = "/"  # path prefix
     client_auth: ClientAuth = ClientAuth.REQUIRE
     rules: tuple[PathRule, ...] = ()
-    allow: tuple[str, ...] = ("any",)
-    deny: tuple[str, ...] = ()
+    allow: tuple[Matcher, ...] = (ANY,)
+    deny: tuple[Matcher, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     # None = unlimited: Immich uploads multi-GB videos, and a proxy in front of
     # self-hosted apps must not silently cap them.
