@@ -90,6 +90,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from certgate.explain import run
+
+    config, _, _ = _load(args.config)
+    return run(config, args.url, args.method, args.cert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certgate",
@@ -114,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--pid", type=int, help="process to signal (default: read from "
                                                 "STATE_DIR/certgate.pid)")
     reload.set_defaults(handler=cmd_reload)
+
+    explain = sub.add_parser(
+        "explain", help="which route and rule a request meets, and the decision (sends nothing)",
+        description="Judge one request the way the running proxy would, without sending it: "
+                    "prints the TLS class, identity, roles (built-in inventory read-only), "
+                    "normalised path, route, rule and decision. Exit 0 if the request would "
+                    "reach the upstream, 1 if it would be refused, 2 for unusable input.")
+    explain.add_argument("-c", "--config", type=Path,
+                         help="config file (default: as for run)")
+    explain.add_argument("--cert", type=Path, metavar="CERT.pem",
+                         help="client certificate, PEM (leaf first, chain may follow) or DER")
+    explain.add_argument("--method", default="GET", help="request method (default GET)")
+    explain.add_argument("url", metavar="URL", help="https://HOST[:PORT]/PATH[?QUERY], "
+                                                    "spelled as the client sends it")
+    explain.set_defaults(handler=cmd_explain)
 
     from certgate.ca.commands import add_subcommands
 

@@ -19,7 +19,7 @@ Order matters and is the security argument of the proxy:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import h11
 
@@ -33,8 +33,22 @@ from certgate.policy import Decision, decide
 from certgate.tls.identity import ClientIdentity
 
 if TYPE_CHECKING:
+    from certgate.config.schema import Config
     from certgate.proxy.client import ConnectionInfo
-    from certgate.runtime import Runtime
+    from certgate.routing import RouteTable
+
+
+class Snapshot(Protocol):
+    """What admission reads from a runtime. ``certgate explain`` passes its own,
+    built from the same config, so it judges with this very function."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def routes(self) -> RouteTable: ...
+
+    def roles_for(self, identity: ClientIdentity) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +98,7 @@ def _host_of(authority: bytes, what: str) -> str:
 
 
 def admit(
-    runtime: Runtime,
+    runtime: Snapshot,
     info: ConnectionInfo,
     identity: ClientIdentity | None,
     refusal: str | None,

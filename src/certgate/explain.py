@@ -1,0 +1,334 @@
+"""``certgate explain``: what the proxy would do with one request, without sending it.
+
+Theory of operation
+-------------------
+An explanation is only worth having if it cannot drift from the proxy. So
+the verdict comes from :func:`certgate.proxy.admission.admit`, the function
+the proxy runs on every request, fed with an ``h11.Request`` built from the
+URL and a :class:`~certgate.proxy.admission.Snapshot` built from the same
+config: the same target normaliser, the same route table, the same
+:func:`certgate.policy.decide`, the same role resolution
+(:func:`certgate.roles.resolve`). The details printed around the verdict
+(route, rule, normalised path) come from those same functions.
+
+What happens before a request exists is reproduced from the listener's
+rules: the URL's host is the SNI (none for an IP literal), which picks the
+handshake class. Under ``off`` no certificate is asked for, so none is
+seen. Under ``require`` a client without one fails the handshake. A
+certificate not issued by a trusted CA, or outside its validity period,
+fails it too (OpenSSL's checks, approximated: the chain is followed by
+issuer signature to a trusted certificate, without OpenSSL's every policy
+check).
+
+Nothing is written: the config is only read, and built-in roles come from a
+read-only connection to the CA inventory (:func:`certgate.roles.read_inventory_roles`).
+No CA is created, no server certificate is issued, no traffic is sent.
+
+Exit status: 0 the request would be let through to the upstream; 1 it would
+be refused (403, 400, 404, 421, or the handshake would fail); 2 the input
+is unusable (bad config, unreadable certificate, URL that is not
+``https://HOST/...``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import h11
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from certgate.config.schema import BUILTIN, ClientAuth, Config, Route, StaleCRL
+from certgate.errors import CAError, HTTPError, UsageError
+from certgate.hostnames import InvalidHost, is_ip_literal, normalise_host
+from certgate.http.target import BadTarget, parse_target
+from certgate.policy import Decision, decide
+from certgate.proxy.admission import Admitted, admit
+from certgate.proxy.client import ConnectionInfo
+from certgate.revocation import STALE_CRL, RevocationError, RevocationIndex, load_revocation
+from certgate.roles import BuiltinIssuers, read_inventory_roles, resolve
+from certgate.routing import RouteTable
+from certgate.runtime import validity_problem
+from certgate.tls.identity import (
+    ClientIdentity,
+    InvalidCertificate,
+    check_client_certificate_profile,
+    identity_from_der,
+)
+
+__all__ = ["ALLOW", "DENY", "Explanation", "explain", "run"]
+
+ALLOW, DENY = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The :class:`~certgate.proxy.admission.Snapshot` explain judges with."""
+
+    config: Config
+    routes: RouteTable
+    builtin: BuiltinIssuers
+    inventory: Mapping[int, tuple[str, ...]]
+
+    def roles_for(self, identity: ClientIdentity) -> tuple[str, ...]:
+        return resolve(identity, self.builtin, self.inventory, self.config.client_auth.roles)
+
+
+@dataclass
+class Explanation:
+    """Everything ``explain`` found; :meth:`render` prints it."""
+
+    method: str
+    url: str
+    host: str
+    target: str
+    sni: str | None
+    mode: ClientAuth
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    allowed: bool = False
+    verdict: str = ""
+
+    def add(self, key: str, value: str) -> None:
+        self.lines.append((key, value))
+
+    def render(self, out: TextIO) -> None:
+        print(f"{self.method} {self.url}", file=out)
+        width = max(len(key) for key, _ in self.lines) + 1
+        for key, value in self.lines:
+            print(f"  {key + ':':<{width}} {value}", file=out)
+        print(f"  {'decision:':<{width}} {self.verdict}", file=out)
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """(authority, raw request target) of an https URL, spelled exactly as given."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "https":
+        raise UsageError(f"expected an https:// URL, got {url!r}")
+    # Everything after the authority is the request target, verbatim (a
+    # "#fragment" included, which browsers strip and the proxy refuses): the
+    # point is to judge the bytes a client puts on the request line.
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, target = rest[:end], rest[end:]
+    if not authority:
+        raise UsageError(f"no host in {url!r}")
+    if "@" in authority:
+        raise UsageError("userinfo in the URL is not supported")
+    if not target.startswith("/"):
+        target = "/" + target
+    return authority, target
+
+
+def _read_chain(path: Path) -> list[x509.Certificate]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        try:
+            certs = [x509.load_der_x509_certificate(data)]
+        except ValueError as exc:
+            raise UsageError(f"{path}: not a PEM or DER certificate: {exc}") from None
+    return certs
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _chain_problem(chain: list[x509.Certificate], anchors: list[x509.Certificate]) -> str | None:
+    """Why the handshake would refuse this chain (as far as explain can tell), or None."""
+    current, pool = chain[0], list(chain[1:])
+    while True:
+        if any(_issued_by(current, anchor) for anchor in anchors):
+            return None
+        parent = next((c for c in pool if _issued_by(current, c)), None)
+        if parent is None:
+            return "not issued by a trusted CA (client_auth.trusted_cas)"
+        pool.remove(parent)
+        current = parent
+
+
+def _anchors(config: Config) -> tuple[list[x509.Certificate], list[str]]:
+    anchors: list[x509.Certificate] = []
+    notes: list[str] = []
+    for source in config.client_auth.trusted_cas:
+        path = config.state_dir / "ca" / "bundle.pem" if source == BUILTIN else Path(source)
+        try:
+            anchors += x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            notes.append(f"{path}: {exc}")
+    return anchors, notes
+
+
+def _builtin(config: Config) -> tuple[BuiltinIssuers, dict[int, tuple[str, ...]], str]:
+    database = config.state_dir / "ca" / "inventory.sqlite3"
+    bundle = config.state_dir / "ca" / "bundle.pem"
+    if not database.is_file() or not bundle.is_file():
+        return BuiltinIssuers(), {}, f"no built-in CA in {config.state_dir}"
+    try:
+        return (BuiltinIssuers.from_pem(bundle.read_bytes()), read_inventory_roles(database),
+                f"read from {database}")
+    except (OSError, ValueError, CAError, sqlite3.Error) as exc:
+        raise UsageError(f"cannot read the built-in CA in {config.state_dir}: {exc}") from None
+
+
+def _revocation(config: Config, trust_pem: str) -> RevocationIndex:
+    paths: list[Path] = []
+    for source in config.client_auth.crls:
+        if source != BUILTIN:
+            paths.append(Path(source))
+        elif (config.state_dir / "ca" / "crl.pem").exists():
+            # The proxy writes a missing built-in CRL at start; explain writes
+            # nothing, and a CRL not written yet revokes nothing.
+            paths.append(config.state_dir / "ca" / "crl.pem")
+    try:
+        return load_revocation(paths, trust_pem)
+    except RevocationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _rule_text(decision: Decision, route: Route) -> str:
+    rule = decision.path_rule
+    where = rule.path if rule is not None else "none matches, the route's settings apply"
+    if rule is not None and rule.methods:
+        where += f" (methods {','.join(sorted(rule.methods))})"
+    if decision.client_auth is ClientAuth.OFF:
+        return f"{where}; client_auth off: public, no certificate checked"
+    allow = rule.allow if rule is not None and rule.allow is not None else route.allow
+    deny = route.deny + (rule.deny if rule is not None else ())
+    return (f"{where}; client_auth {decision.client_auth.value}, "
+            f"allow [{', '.join(map(str, allow))}], deny [{', '.join(map(str, deny))}]")
+
+
+def explain(config: Config, url: str, method: str = "GET",
+            cert: Path | None = None) -> Explanation:
+    """Judge ``method url`` as the proxy would for a client holding ``cert``.
+
+    Raises:
+        UsageError: unusable input (exit 2).
+    """
+    authority, raw_target = _split_url(url)
+    try:
+        host = normalise_host(authority)
+    except InvalidHost as exc:
+        raise UsageError(f"invalid host in URL: {exc}") from None
+    routes = RouteTable(config.routes)
+    sni = None if is_ip_literal(host) else host
+    mode = routes.handshake_mode(sni)
+    ex = Explanation(method, url, host, raw_target, sni, mode)
+    ex.add("tls", f"SNI {sni or '(none: IP literal)'} -> client certificate {mode.value}")
+
+    chain = _read_chain(cert) if cert is not None else []
+    identity: ClientIdentity | None = None
+    if chain:
+        try:
+            der = chain[0].public_bytes(serialization.Encoding.DER)
+            identity = identity_from_der(der)
+        except InvalidCertificate as exc:
+            raise UsageError(f"{cert}: {exc}") from None
+    builtin, inventory, inventory_note = _builtin(config)
+    snapshot = _Snapshot(config, routes, builtin, inventory)
+
+    handshake: str | None = None
+    refusal: str | None = None
+    if identity is not None and mode is ClientAuth.OFF:
+        ex.add("identity", "none: this name does not ask for a certificate (client_auth off)")
+        identity = None
+    elif identity is None:
+        ex.add("identity", "no client certificate")
+        if mode is ClientAuth.REQUIRE:
+            handshake = "this name requires a client certificate"
+    else:
+        ex.add("identity", f"CN={identity.cn!r}, serial {identity.serial_hex}")
+        ex.add("subject", identity.dn or "(empty)")
+        ex.add("issuer", identity.issuer_dn)
+        ex.add("fingerprint", identity.fingerprint)
+        ex.add("sans", ", ".join(identity.sans) or "none")
+        anchors, notes = _anchors(config)
+        for note in notes:
+            ex.add("note", f"trusted CA not readable: {note}")
+        handshake = _chain_problem(chain, anchors) or validity_problem(identity)
+        if handshake is None:
+            trust_pem = "\n".join(a.public_bytes(serialization.Encoding.PEM).decode()
+                                  for a in anchors)
+            # Runtime.check_peer's order and rules: profile, validity, revocation
+            # (a stale CRL refuses unless stale_crl: allow).
+            refusal = check_client_certificate_profile(identity) or \
+                _revocation(config, trust_pem).check(identity)
+            if refusal is STALE_CRL and config.client_auth.stale_crl is StaleCRL.ALLOW:
+                refusal = None
+        roles = snapshot.roles_for(identity)
+        builtin_roles = inventory.get(identity.serial, ()) if builtin.issued(identity) else ()
+        ex.add("roles", f"{', '.join(roles) or 'none'} (built-in inventory: "
+                        f"{', '.join(builtin_roles) or 'none'}, {inventory_note})")
+
+    _describe_path(ex, snapshot, host, raw_target, method, identity)
+    if handshake is not None:
+        ex.verdict = f"deny: the TLS handshake would fail: {handshake}"
+        return ex
+    try:
+        request = h11.Request(method=method, target=raw_target.encode("utf-8"),
+                              headers=[("host", authority)])
+    except h11.LocalProtocolError as exc:
+        raise UsageError(f"not a valid HTTP request line: {exc}") from None
+    info = ConnectionInfo("explain", "-", sni, mode)
+    try:
+        admitted = admit(snapshot, info, identity, refusal, request)
+    except HTTPError as exc:
+        ex.verdict = f"deny: {exc.status} {exc.reason}"
+        return ex
+    ex.allowed = True
+    ex.verdict = _allowed_text(admitted)
+    return ex
+
+
+def _describe_path(ex: Explanation, snapshot: _Snapshot, host: str, raw_target: str,
+                   method: str, identity: ClientIdentity | None) -> None:
+    try:
+        target = parse_target(raw_target.encode("utf-8"), method.encode("ascii", "replace"))
+    except BadTarget as exc:
+        ex.add("path", f"{raw_target} -> refused: {exc.reason}")
+        return
+    query = "" if target.query is None else " (query not used by the policy)"
+    ex.add("path", f"{raw_target} -> {target.path}{query}")
+    entry = snapshot.routes.for_host(host)
+    route = entry.match(target.path) if entry is not None else None
+    if route is None:
+        ex.add("route", f"none for {host}{target.path}")
+        return
+    ex.add("route", f"{route.name} -> {route.upstream.label} "
+                    f"(client_auth {route.client_auth.value})")
+    roles = snapshot.roles_for(identity) if identity is not None else ()
+    decision: Decision = decide(route, target.path, method, identity, roles)
+    ex.add("rule", _rule_text(decision, route))
+    if decision.matcher is not None:
+        ex.add("matched", str(decision.matcher))
+
+
+def _allowed_text(admitted: Admitted) -> str:
+    decision = admitted.decision
+    by = f" by {decision.matcher}" if decision.matcher is not None else ""
+    return (f"allow{by} ({decision.rule}; client_auth {decision.client_auth.value}): "
+            f"upstream receives {admitted.upstream_request.method.decode()} "
+            f"{admitted.upstream_request.target.decode('ascii', 'replace')}")
+
+
+def run(config: Config, url: str, method: str, cert: Path | None,
+        out: TextIO | None = None) -> int:
+    """Print the explanation (to stdout by default); the exit status: 0 allow, 1 deny."""
+    ex = explain(config, url, method, cert)
+    ex.render(out if out is not None else sys.stdout)
+    return ALLOW if ex.allowed else DENY
+
