@@ -111,9 +111,10 @@ def _spki(public_key: object) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def make_local_ca(base: Path, names: Iterable[str] = CLIENTS) -> LocalCA:
+def make_local_ca(base: Path, names: Iterable[str] = CLIENTS, *,
+                  ca_name: str = "revocation test CA") -> LocalCA:
     state = base / "state"
-    ca = CertificateAuthority.init(state, name="revocation test CA")
+    ca = CertificateAuthority.init(state, name=ca_name)
     local = LocalCA(state, ca)
     for name in names:
         issued = ca.issue_client(name, days=30)
