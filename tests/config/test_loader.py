@@ -162,3 +162,11 @@ def test_example_config_documents_a_loadable_config(tmp_path):
     problems = _problems(example.read_text(), tmp_path)
     assert problems
     assert all("file not found" in p for p in problems), problems
+
+
+def test_port_zero_needs_a_single_worker(tmp_path: Path) -> None:
+    text = 'listen: ["127.0.0.1:0"]\nworkers: 2\nroutes: [{host: a.test, upstream: whoami}]\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, "c.yaml", base_dir=tmp_path)
+    assert any("c.yaml:1: listen: port 0" in p for p in caught.value.problems), \
+        caught.value.problems

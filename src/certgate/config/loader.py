@@ -593,6 +593,12 @@ class _ConfigBuilder:
                 self.r.problem(node, f"routes[{i}]",
                                f"same host and path as routes[{seen[key]}]")
             seen[key] = i
+        if config.workers != 1 and any(listen.port == 0 for listen in config.listen):
+            # SO_REUSEPORT shares a port only when every worker binds the same
+            # one; with port 0 each worker would get its own random port.
+            self.r.problem(top.get("listen", root), "listen",
+                           "port 0 (any free port) needs workers: 1; with several workers "
+                           "each would listen on a different port")
         needs_ca = any(ClientAuth.OFF not in r.modes() or len(r.modes()) > 1
                        for r in config.routes)
         if needs_ca and not config.client_auth.trusted_cas:
