@@ -32,7 +32,9 @@ from typing import Any
 
 import pytest
 
-from support.clients import Connection
+from certgate.ca import CertificateAuthority
+
+from support.clients import Connection, client_context
 from support.process import wait_until
 
 HELPER_SOURCE = Path(__file__).with_name("mdwe_exec.c")
@@ -77,12 +79,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def filtered_certgate(mdwe_exec: Path, tmp_path: Path, pki: Any,
+def own_ca(tmp_path: Path) -> CertificateAuthority:
+    """A CA of this test's own: it issues and re-signs, so not the shared PKI."""
+    ca = CertificateAuthority.init(tmp_path / "state", name="mdwe test CA")
+    issued = ca.issue_client("alice", days=1)
+    (tmp_path / "alice.chain.pem").write_bytes(issued.chain_pem)
+    (tmp_path / "alice.key").write_bytes(issued.key_pem)
+    return ca
+
+
+@pytest.fixture
+def filtered_certgate(mdwe_exec: Path, tmp_path: Path, own_ca: CertificateAuthority,
                       upstream: Any) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
     port = _free_port()
     config = tmp_path / "certgate.yaml"
     config.write_text(f"""\
-state_dir: {pki.state}
+state_dir: {own_ca.state_dir}
 listen: ["127.0.0.1:{port}"]
 workers: 2
 metrics: {{listen: "off"}}
@@ -111,8 +123,13 @@ routes:
 
 def test_certgate_runs_under_memory_deny_write_execute(
         filtered_certgate: tuple[subprocess.Popen[str], int, list[str]], mdwe_exec: Path,
-        pki: Any, tmp_path: Path) -> None:
+        own_ca: CertificateAuthority, tmp_path: Path) -> None:
     proc, port, lines = filtered_certgate
+    state = str(own_ca.state_dir)
+
+    def alice(version: str | None = None) -> Any:
+        return client_context(own_ca.root_cert_path, tmp_path / "alice.chain.pem",
+                              tmp_path / "alice.key", version=version)
 
     def ready() -> bool:
         assert proc.poll() is None, "certgate exited under the filter:\n" + "".join(lines)
@@ -120,21 +137,20 @@ def test_certgate_runs_under_memory_deny_write_execute(
 
     wait_until(ready, 30, "certgate to be ready under the MemoryDenyWriteExecute filter")
     for version in ("1.2", "1.3"):
-        with Connection(port, pki.context("alice", version)) as conn:
+        with Connection(port, alice(version)) as conn:
             assert conn.request("GET", "/echo").status == 200
 
     proc.send_signal(signal.SIGHUP)
     wait_until(lambda: sum("configuration reloaded" in line for line in lines) >= 2, 30,
                "both workers to reload")
-    with Connection(port, pki.context("alice")) as conn:
+    with Connection(port, alice()) as conn:
         assert conn.request("GET", "/echo").status == 200
 
-    issued = _run(mdwe_exec, "-m", "certgate", "ca", "issue", "--state", str(pki.state),
+    issued = _run(mdwe_exec, "-m", "certgate", "ca", "issue", "--state", state,
                   "mdwe-phone", "--p12", "--out", str(tmp_path), cwd=tmp_path)
     assert issued.returncode == 0, issued.stderr
     assert (tmp_path / "mdwe-phone.p12").stat().st_size > 0
-    crl = _run(mdwe_exec, "-m", "certgate", "ca", "crl", "--state", str(pki.state),
-               cwd=tmp_path)
+    crl = _run(mdwe_exec, "-m", "certgate", "ca", "crl", "--state", state, cwd=tmp_path)
     assert crl.returncode == 0, crl.stderr
 
     proc.send_signal(signal.SIGTERM)
