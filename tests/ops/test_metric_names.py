@@ -22,7 +22,7 @@ ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "config" / "grafana" / "certgate.json"
 
 HANDSHAKE_REASONS = {"", "no_cert", "unknown_ca", "expired", "revoked", "bad_eku", "stale_crl",
-                     "protocol", "timeout", "other"}
+                     "bad_cert", "protocol", "timeout", "other"}
 
 # metric -> {label: allowed values, or None for free-form values}
 EXPORTED: dict[str, dict[str, set[str] | None]] = {
@@ -35,7 +35,8 @@ EXPORTED: dict[str, dict[str, set[str] | None]] = {
     "certgate_request_duration_seconds": {"route": None},
     "certgate_denials_total": {"route": None, "reason": None},
     "certgate_upstream_errors_total": {"route": None,
-                                       "kind": {"refused", "reset", "timeout", "tls", "other"}},
+                                       "kind": {"refused", "reset", "timeout", "tls",
+                                                "protocol", "other"}},
     "certgate_bytes_total": {"direction": {"in", "out"}},
     "certgate_certificate_expiry_timestamp_seconds": {"kind": {"server", "ca", "client"},
                                                       "name": None, "serial": None},
