@@ -18,6 +18,7 @@ chooses, and which records what each connection saw.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import ssl
 import threading
@@ -42,6 +43,10 @@ routes:
     upstream: "http://127.0.0.1:%(up)d"
   - host: localhost
     path: /slow
+    upstream: "http://127.0.0.1:%(up)d"
+    timeouts: {read: 1s}
+  - host: localhost
+    path: /upload
     upstream: "http://127.0.0.1:%(up)d"
     timeouts: {read: 1s}
   - host: localhost
@@ -415,6 +420,22 @@ def test_silent_upstream_is_504_after_read_timeout(launch, pki, upstream):
     assert response.status == 504
     assert 1.0 <= elapsed < 3.0
     assert f"/slow?{marker}" in upstream.paths()  # it did reach the upstream
+
+
+def test_slow_upload_longer_than_read_timeout_is_not_504(launch, pki):
+    """The read timeout runs from the end of the request body: an upload that
+    keeps moving for 3x the route's 1 s read timeout still gets its answer."""
+    proxy, _ = launch()
+    chunks = 8
+    with Connection(proxy.port, pki.context("alice")) as conn:
+        conn.send_raw(b"POST /upload HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (chunks * 1024))
+        for _ in range(chunks):  # the slow client is the scenario: 8 x 0.4 s
+            conn.send_raw(b"x" * 1024)
+            time.sleep(0.4)
+        response = conn.read_response()
+    assert response.status == 200, response.body
+    assert hashlib.sha256(b"x" * chunks * 1024).hexdigest().encode() in response.body
 
 
 def test_get_is_retried_when_pooled_connection_dies_on_reuse(launch, pki):

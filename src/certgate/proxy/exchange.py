@@ -104,7 +104,7 @@ async def relay(client: ClientConnection, plan: Plan) -> Result:
         else:
             conn.send(h11.EndOfMessage())
         try:
-            head = await _response_head(conn, plan)
+            head = await _response_head(conn, plan, pump)
         except (ChannelClosed, h11.RemoteProtocolError) as exc:
             failure = await _settle_pump(pump)
             conn.abort()
@@ -145,11 +145,35 @@ async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
 
 
 async def _response_head(
-    conn: UpstreamConnection, plan: Plan
+    conn: UpstreamConnection, plan: Plan, pump: asyncio.Task[None] | None
 ) -> h11.Response | h11.InformationalResponse:
-    """Wait for the final response head (or a 101); skip other 1xx."""
+    """Wait for the final response head (or a 101); skip other 1xx.
+
+    The read timeout runs from the end of the request body, not from the
+    request head: an upstream owes no answer before it has the whole body,
+    and a multi-GB upload that keeps moving must not get a 504 (nginx's
+    proxy_read_timeout likewise only counts while certgate waits to read).
+    A stalled upload is caught by the pump's own per-chunk deadline.
+    """
+    waiting = True
+
+    def arm(_: object = None) -> None:
+        if waiting:
+            conn.set_deadline(plan.read_timeout, "response head")
+
+    if pump is not None and not pump.done():
+        conn.cancel_deadline()
+        pump.add_done_callback(arm)
+    else:
+        arm()
+    try:
+        return await _next_head(conn)
+    finally:
+        waiting = False
+
+
+async def _next_head(conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
     while True:
-        conn.set_deadline(plan.read_timeout, "response head")
         event = await conn.next_event()
         if isinstance(event, h11.ConnectionClosed):
             raise ChannelClosed("upstream closed")
