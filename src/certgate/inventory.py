@@ -21,8 +21,10 @@ from typing import Any
 from cryptography import x509
 
 from certgate import __version__
+from certgate.ca.issuance import host_set_name
 from certgate.config.schema import BUILTIN, Config
 from certgate.revocation import parse_crls
+from certgate.runtime import uncovered_hosts
 
 log = logging.getLogger("certgate.inventory")
 
@@ -55,6 +57,15 @@ def _certificates(path: Path, kind: str) -> list[Expiry]:
         certs = certs[:1]  # the leaf; the rest of a fullchain is CA material
     return [Expiry(kind, _common_name(c), format(c.serial_number, "x"),
                    c.not_valid_after_utc.timestamp()) for c in certs]
+
+
+def _dns_names(path: Path) -> list[str]:
+    leaf = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.lower() for name in san.get_values_for_type(x509.DNSName)]
 
 
 def _crls(path: Path) -> list[CRLState]:
@@ -104,12 +115,17 @@ class InventoryCollector:
         config = self.config
         ca_dir = config.state_dir / "ca"
         found: list[Expiry] = []
+        names: list[str] = []
         for files in config.tls.certificates:
             found += self._cached(files.cert, "server", lambda p: _certificates(p, "server"))
-        servers = ca_dir / "servers"
-        if servers.is_dir():
-            for path in sorted(servers.glob("*.fullchain.pem")):
-                found += self._cached(path, "server", lambda p: _certificates(p, "server"))
+            names += self._cached(files.cert, "names", _dns_names)
+        uncovered = uncovered_hosts(config, names)
+        if uncovered:
+            # The one automatic certificate a runtime of this config serves
+            # (CertificateAuthority.ensure_server_certificate); older ones
+            # left in the directory are not served and not reported.
+            path = ca_dir / "servers" / f"{host_set_name(uncovered)}.fullchain.pem"
+            found += self._cached(path, "server", lambda p: _certificates(p, "server"))
         for source in config.client_auth.trusted_cas:
             path = ca_dir / "bundle.pem" if source == BUILTIN else Path(source)
             found += self._cached(path, "ca", lambda p: _certificates(p, "ca"))

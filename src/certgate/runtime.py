@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,7 +60,11 @@ class Runtime:
         crl_paths: tuple[Path, ...] = (),
         trust_pem: str = "",
         trust_sources: tuple[Path, ...] = (),
+        automatic_certificate: ServerCertificate | None = None,
     ) -> None:
+        #: The server certificate certgate issued itself for hosts no
+        #: configured certificate covers; renewed by a rebuild (see watch.py).
+        self.automatic_certificate = automatic_certificate
         self.trust_sources = trust_sources
         #: What the revocation watcher re-reads (see certgate.watch).
         self.crl_paths = crl_paths
@@ -194,9 +198,9 @@ def validity_problem(identity: ClientIdentity, now: datetime | None = None) -> s
     return None
 
 
-def _uncovered_hosts(config: Config, certificates: list[ServerCertificate]) -> list[str]:
-    table: HostTable[bool] = HostTable(
-        {name: True for cert in certificates for name in cert.names}.items())
+def uncovered_hosts(config: Config, names: Iterable[str]) -> list[str]:
+    """Route hosts that no server certificate name (``names``) covers."""
+    table: HostTable[bool] = HostTable({name: True for name in names}.items())
     hosts: list[str] = []
     for route in config.routes:
         if route.host == "*" or route.host in hosts:
@@ -229,12 +233,14 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
     routes = RouteTable(config.routes)
     needs_builtin = config.uses_builtin_ca
     certificates = [read_server_certificate(files) for files in config.tls.certificates]
-    uncovered = _uncovered_hosts(config, certificates)
+    uncovered = uncovered_hosts(config, (n for cert in certificates for n in cert.names))
     ca = open_builtin_ca(config, notice, create=needs_builtin or bool(uncovered))
+    automatic: ServerCertificate | None = None
     if uncovered:
         assert ca is not None
         cert_path, key_path = ca.ensure_server_certificate(uncovered)
-        certificates.append(read_server_certificate(CertificateFiles(cert_path, key_path)))
+        automatic = read_server_certificate(CertificateFiles(cert_path, key_path))
+        certificates.append(automatic)
     sources: list[Path] = []
     for source in config.client_auth.trusted_cas:
         if source == BUILTIN:
@@ -255,7 +261,8 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
             crl_paths.append(Path(source))
     revocation = load_revocation(crl_paths, trust_pem or "")
     return Runtime(config, routes, contexts, revocation, ca, crl_paths=tuple(crl_paths),
-                   trust_pem=trust_pem or "", trust_sources=tuple(sources))
+                   trust_pem=trust_pem or "", trust_sources=tuple(sources),
+                   automatic_certificate=automatic)
 
 
 __all__ = ["Runtime", "TLSSetupError", "build_runtime"]

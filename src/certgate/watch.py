@@ -44,8 +44,20 @@ POLL_INTERVAL = 1.0
 # "A warning every minute" for a stale CRL: often enough to be seen in a
 # journal, rare enough not to drown it.
 STALE_WARNING_INTERVAL = 60.0
+# certgate's own server certificates live 90 days and are renewed when a
+# runtime is built with less than 30 left (ca.SERVER_RENEW_BEFORE); checking
+# hourly keeps a long-running proxy from ever serving an expired one.
+RENEWAL_CHECK_INTERVAL = 3600.0
+RENEW_BEFORE = 30 * 86400.0
 
 Signature = tuple[tuple[str, int, int, int], ...]
+
+# A runtime reads its CRLs and roles while it is built, a moment before it
+# is swapped in; a CRL written in between would become the baseline and never
+# be applied (a revoked client admitted again after a reload, until the next
+# CRL change). Any watched file differs from this empty signature, so after a
+# start or a reload the first poll re-reads the CRLs and roles.
+UNREAD: Signature = ()
 
 
 def _signatures(runtime: Runtime) -> tuple[Signature, Signature]:
@@ -84,20 +96,22 @@ class RevocationWatcher:
         self._moving: Signature | None = None  # a rebuild group change not yet settled
         self._task: asyncio.Task[None] | None = None
         self._next_stale_warning = 0.0
+        self._next_renewal_check = 0.0
         self.refreshes = 0
         self.failures = 0
 
     def start(self) -> None:
-        # Baseline now, so a change between the runtime build and the first
-        # poll is not mistaken for the starting state.
+        # CRLs and roles: re-read at the first poll (see UNREAD). Rebuild
+        # files: baseline now.
         runtime = self._current()
-        self._last = signature(runtime.watched_files())
+        self._last = UNREAD
         self._last_build = signature(runtime.rebuild_files())
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def rebaseline(self, runtime: Runtime) -> None:
-        """Take ``runtime``'s files as they are now as the starting state (after a reload)."""
-        self._last = signature(runtime.watched_files())
+        """Take ``runtime``'s files as the starting state (after a reload); its CRLs
+        and roles are re-read at the next poll (see UNREAD)."""
+        self._last = UNREAD
         self._last_build = signature(runtime.rebuild_files())
         self._moving = None
 
@@ -119,6 +133,7 @@ class RevocationWatcher:
                 await self.refresh(runtime)
             self._last = current
             self._check_rebuild(build)
+            self._check_renewal(runtime, loop.time())
 
     def _check_rebuild(self, build: Signature) -> None:
         if build == self._last_build:
@@ -130,6 +145,20 @@ class RevocationWatcher:
         self._last_build, self._moving = build, None
         if self._rebuild is not None:
             log.info("certificate or CA files changed; rebuilding the runtime")
+            self._rebuild()
+
+    def _check_renewal(self, runtime: Runtime, now: float) -> None:
+        """Rebuild when certgate's own server certificate nears its end:
+        building a runtime renews it (like Caddy's automatic certificates)."""
+        if now < self._next_renewal_check:
+            return
+        self._next_renewal_check = now + RENEWAL_CHECK_INTERVAL
+        automatic = runtime.automatic_certificate
+        if automatic is None or time.time() < automatic.not_after - RENEW_BEFORE:
+            return
+        if self._rebuild is not None:
+            log.info("the automatic server certificate %s expires soon; renewing",
+                     automatic.files.cert)
             self._rebuild()
 
     def warn_if_stale(self, runtime: Runtime, now: float) -> None:
