@@ -27,6 +27,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("workers", "workers", ""), ("server", "server", ""),
         ("req/s", "requests_per_s", ".0f"), ("p50 ms", "p50_ms", ".2f"),
         ("p99 ms", "p99_ms", ".2f"), ("srv ms/req", "server_cpu_ms_per_request", ".3f"),
+        ("upstream conns/1k req", "upstream_connections_per_1k_requests", ".1f"),
         ("cg/ngx rate", "certgate_over_nginx", ".2f"),
         ("gen cores", "generator_cpu_cores", ".2f"), ("busy cores", "machine_busy_cores", ".2f"),
         ("errors", "errors", ""),

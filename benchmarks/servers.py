@@ -173,6 +173,16 @@ def port_open(port: int) -> bool:
         return False
 
 
+def upstream_accepted(port: int) -> int:
+    """Connections the benchmark upstream has accepted so far (its ``/__stats``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /__stats HTTP/1.1\r\nHost: upstream\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return int(data.rpartition(b"\r\n\r\n")[2])
+
+
 def start_upstream(directory: Path) -> ServerProcess:
     """Start the fast upstream (:mod:`benchmarks.upstream`) and read its port."""
     directory.mkdir(parents=True, exist_ok=True)

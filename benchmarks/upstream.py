@@ -8,6 +8,9 @@ prebuilt bytes, ~10-20 us of CPU per request.
 
 Endpoints:
   /bytes/N   N bytes, written with flow control (pause_writing/resume_writing)
+  /__stats   how many connections it has accepted (a proxy's upstream pool
+             churn shows up here: a good pool opens a handful, not one per
+             request)
   anything   a fixed 2-byte ``ok`` (after consuming any request body)
 
 Run as ``python -m benchmarks.upstream [--port P]``; prints ``ready PORT``.
@@ -67,6 +70,9 @@ class _Chunked:
         return used
 
 
+STATS = {"accepted": 0}
+
+
 class UpstreamProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -82,6 +88,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        STATS["accepted"] += 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -139,6 +146,11 @@ class UpstreamProtocol(asyncio.Protocol):
             self.pending = (b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
                             b"content-length: %d\r\n\r\n" % size)
             self._stream_size = size
+        elif path == b"/__stats":
+            STATS["accepted"] -= 1  # the stats connections themselves do not count
+            body = b"%d" % STATS["accepted"]
+            self.pending = (b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)) + body
+            self._stream_size = 0
         else:
             self.pending = _OK_CLOSE if self.close_after else _OK
             self._stream_size = 0

@@ -17,7 +17,7 @@ from benchmarks.clients import keepalive
 from benchmarks.clients.keepalive import KeepAliveSpec
 from benchmarks.context import Bench, ServerSpec
 from benchmarks.loadgen import LoadResult, run_load
-from benchmarks.servers import ServerProcess
+from benchmarks.servers import ServerProcess, upstream_accepted
 from benchmarks.stats import median, ms, percentile, ratio
 
 DIRECT = "direct to upstream (no TLS)"
@@ -25,13 +25,24 @@ DIRECT = "direct to upstream (no TLS)"
 
 def _measure(bench: Bench, server: ServerProcess | None, rate: float | None = None
              ) -> LoadResult:
+    """One run; the upstream connections it opened go into ``counters``."""
     opts = bench.opts
     target = bench.target(server)
     share = rate / opts.keepalive_processes if rate else None
     specs = [KeepAliveSpec(target, opts.keepalive_connections, opts.max_ops_per_client, share)
              for _ in range(opts.keepalive_processes)]
     pid = server.pid if server is not None else bench.upstream.pid
-    return run_load(keepalive.run, specs, opts.duration, pid)
+    before = upstream_accepted(bench.upstream.port)
+    result = run_load(keepalive.run, specs, opts.duration, pid)
+    result.clients[0].counters["upstream_connections"] = (
+        upstream_accepted(bench.upstream.port) - before)
+    return result
+
+
+def _upstream_per_1k(runs: list[LoadResult]) -> float | None:
+    """New upstream connections per 1,000 requests: 0 for a pool that keeps up."""
+    return median([r.counter("upstream_connections") / r.ops * 1000 if r.ops else None
+                   for r in runs])
 
 
 def _latency(runs: list[LoadResult], q: float) -> float | None:
@@ -46,6 +57,7 @@ def _peak_row(workers: str, label: str, runs: list[LoadResult]) -> dict[str, Any
         "p50_ms": _latency(runs, 50),
         "p99_ms": _latency(runs, 99),
         "server_cpu_ms_per_request": median([r.server_ms_per_op() for r in runs]),
+        "upstream_connections_per_1k_requests": _upstream_per_1k(runs),
         "generator_cpu_cores": median([r.generator_cores for r in runs]),
         "machine_busy_cores": median([r.machine_busy_cores for r in runs]),
         "errors": sum(r.errors for r in runs),
