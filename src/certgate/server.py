@@ -93,7 +93,8 @@ class Worker:
         self._reloading = False
         self._retiring: set[asyncio.Task[None]] = set()
         self.watcher: RevocationWatcher | None = None
-        self._reload_again = False
+        #: A reload asked for while one runs: True re-reads the file, False rebuilds.
+        self._reload_again: bool | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
 
@@ -144,9 +145,10 @@ class Worker:
 
     def _start_reload(self, *, from_file: bool) -> None:
         if self._reloading:
-            # One reload at a time; a SIGHUP during a rebuild must still be
-            # honoured, so remember it and run it next.
-            self._reload_again = self._reload_again or from_file
+            # One reload at a time; what is asked for meanwhile runs next: a
+            # SIGHUP must be honoured, and a certificate renewed during the
+            # running build may have been read before it changed.
+            self._reload_again = bool(self._reload_again) or from_file
             return
         self._reloading = True
         if self.notifier is not None:
@@ -160,9 +162,9 @@ class Worker:
             self.reload_done()
         if self.notifier is not None:
             self.notifier.ready("reloaded")
-        if self._reload_again:
-            self._reload_again = False
-            self._start_reload(from_file=True)
+        if self._reload_again is not None:
+            from_file, self._reload_again = self._reload_again, None
+            self._start_reload(from_file=from_file)
 
     async def reload(self, *, from_file: bool = True) -> bool:
         """Build a new runtime and swap it in; False (and nothing changed) on failure."""

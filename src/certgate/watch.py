@@ -112,8 +112,12 @@ class RevocationWatcher:
         """Take ``runtime``'s files as the starting state (after a reload); its CRLs
         and roles are re-read at the next poll (see UNREAD)."""
         self._last = UNREAD
-        self._last_build = signature(runtime.rebuild_files())
-        self._moving = None
+        build = signature(runtime.rebuild_files())
+        if self._last_build is None or [f[0] for f in build] != [f[0] for f in self._last_build]:
+            self._last_build, self._moving = build, None
+        # Same files as before: keep the old baseline. The build read them
+        # before the swap, so a renewal landing in between must still count
+        # as a change (at worst one rebuild too many).
 
     def stop(self) -> None:
         if self._task is not None:
