@@ -10,6 +10,7 @@ from ``STATE/ca/keys/`` the same way ``tests/conftest.py`` does.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 import ssl
 import subprocess
@@ -160,6 +161,41 @@ def refused_as(port: int, ctx: ssl.SSLContext, reason: str) -> bool:
     """A new connection gets 403 whose body names ``reason``."""
     status, body, _ = attempt(port, ctx)
     return status == 403 and reason.encode() in body
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path`` and rename it over ``path`` (atomic)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# -- server certificates --------------------------------------------------------
+
+def issue_server(local_ca: LocalCA, out: Path, host: str) -> tuple[bytes, bytes, int]:
+    """(fullchain PEM, key PEM, serial) of a new server certificate from `ca issue-server`."""
+    out.mkdir(parents=True)
+    ca_cli(local_ca.state, "issue-server", host, "--out", str(out))
+    chain = (out / f"{host}.fullchain.pem").read_bytes()
+    key = (out / f"{host}.key").read_bytes()
+    return chain, key, x509.load_pem_x509_certificate(chain).serial_number
+
+
+def peer_serial(conn: Connection) -> int:
+    der = conn.sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def served_serial(port: int, ctx: ssl.SSLContext, host: str) -> int | None:
+    """The server certificate serial a new connection sees, once it is served 200."""
+    try:
+        with Connection(port, ctx, sni=host, timeout=5) as conn:
+            if conn.request("GET", "/echo", host=host).status != 200:
+                return None
+            return peer_serial(conn)
+    except (ssl.SSLError, ConnectionError, OSError):
+        return None
 
 
 # -- a WebSocket upstream -----------------------------------------------------

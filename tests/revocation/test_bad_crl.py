@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .conftest import LocalCA, make_local_ca, outcome, refused_as
+from .conftest import LocalCA, make_local_ca, outcome, refused_as, replace_file
 from support.process import wait_until
 
 FAILED = "revocation refresh failed"
@@ -45,13 +45,6 @@ routes:
   - {{host: localhost, upstream: "http://127.0.0.1:{upstream_port}"}}
 metrics: {{listen: "off"}}
 """
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` beside ``path`` and rename it over ``path`` (atomic)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _admitted(proxy, local_ca: LocalCA, name: str) -> bool:  # type: ignore[no-untyped-def]
@@ -92,7 +85,7 @@ def test_bad_crls_keep_the_previous_one_in_force(start_certgate, local_ca: Local
     # (b) the issuing CA's name, a stranger's key; it would revoke dave and
     # free carol if it were believed.
     stranger = ec.generate_private_key(ec.SECP256R1())
-    _replace(crl_file, local_ca.crl([local_ca["dave"].serial], key=stranger, number=2))
+    replace_file(crl_file, local_ca.crl([local_ca["dave"].serial], key=stranger, number=2))
     _wait_for_failures(proxy, 2)
     assert "signature does not verify" in proxy.log_text()
     assert _revoked(proxy, local_ca, "carol")
@@ -101,7 +94,7 @@ def test_bad_crls_keep_the_previous_one_in_force(start_certgate, local_ca: Local
     # (c) not a CRL at all (DER garbage), (d) an empty file, (e) no file.
     crl_file.write_bytes(os.urandom(300))
     _wait_for_failures(proxy, 3)
-    _replace(crl_file, b"")
+    replace_file(crl_file, b"")
     _wait_for_failures(proxy, 4)
     crl_file.unlink()
     _wait_for_failures(proxy, 5)
@@ -112,7 +105,7 @@ def test_bad_crls_keep_the_previous_one_in_force(start_certgate, local_ca: Local
     # and the refusals add up.
     pem = local_ca.crl([local_ca["carol"].serial, local_ca["erin"].serial], number=3)
     der = x509.load_pem_x509_crl(pem).public_bytes(serialization.Encoding.DER)
-    _replace(crl_file, der)
+    replace_file(crl_file, der)
     wait_until(lambda: _revoked(proxy, local_ca, "erin"), 5, "erin to be refused")
     assert _revoked(proxy, local_ca, "carol")
     assert _admitted(proxy, local_ca, "dave")
@@ -122,7 +115,7 @@ def test_atomic_rename_is_picked_up_within_2s(start_certgate, local_ca: LocalCA,
                                               crl_file: Path) -> None:
     proxy = start_certgate(_config(local_ca, upstream.port, crl_file))
     assert _admitted(proxy, local_ca, "erin")
-    _replace(crl_file, local_ca.crl([local_ca["carol"].serial, local_ca["erin"].serial],
+    replace_file(crl_file, local_ca.crl([local_ca["carol"].serial, local_ca["erin"].serial],
                                     number=2))
     wait_until(lambda: _revoked(proxy, local_ca, "erin"), PICKUP,
                "erin to be refused after the rename")

@@ -30,10 +30,18 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LocalCA, outcome, refused_as
-from .test_cert_hot_reload import HOST, SWAP_TIMEOUT, _issue_server, _new_serial, _replace
-from .test_cert_hot_reload import _config as _cert_config
+from .conftest import (
+    LocalCA,
+    issue_server,
+    outcome,
+    refused_as,
+    replace_file,
+    served_serial,
+)
 from support.process import CertgateProcess, wait_until
+
+HOST = "site.test"
+SWAP_TIMEOUT = 6.0  # two 1 s polls (change, then held still) plus a rebuild
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/wchan").exists(),
                                 reason="needs Linux /proc/PID/task/*/wchan")
@@ -97,7 +105,7 @@ metrics: {{listen: "off"}}
     assert outcome(proxy.port, carol) == 200
 
     with reload_held(proxy, config, tmp_path):
-        _replace(crl, local_ca.crl([local_ca["carol"].serial], number=2))
+        replace_file(crl, local_ca.crl([local_ca["carol"].serial], number=2))
         wait_until(lambda: refused_as(proxy.port, carol, "revoked"), 5,
                    "the running config to refuse carol")
     wait_until(lambda: refused_as(proxy.port, carol, "revoked"), 3,
@@ -112,21 +120,31 @@ def test_certificate_renewed_during_a_reload_build_is_served(
     while the reload runs; otherwise the reload finishes before its next poll."""
     live = tmp_path / "tls"
     live.mkdir()
-    chain1, key1, serial1 = _issue_server(local_ca, tmp_path / "issue1")
+    chain1, key1, serial1 = issue_server(local_ca, tmp_path / "issue1", HOST)
     cert, key = live / "fullchain.pem", live / "privkey.pem"
     cert.write_bytes(chain1)
     key.write_bytes(key1)
-    config = _cert_config(local_ca, upstream.port, cert, key) + 'metrics: {listen: "off"}\n'
+    config = f"""
+state_dir: {local_ca.state}
+listen: ["127.0.0.1:0"]
+tls:
+  certificates:
+    - {{cert: "{cert}", key: "{key}"}}
+client_auth: {{trusted_cas: [builtin]}}
+routes:
+  - {{host: {HOST}, upstream: "http://127.0.0.1:{upstream.port}"}}
+metrics: {{listen: "off"}}
+"""
     proxy = start_certgate(config)
     ctx = local_ca.context("carol")
-    assert _new_serial(proxy.port, ctx) == serial1
-    chain2, key2, serial2 = _issue_server(local_ca, tmp_path / "issue2")
+    assert served_serial(proxy.port, ctx, HOST) == serial1
+    chain2, key2, serial2 = issue_server(local_ca, tmp_path / "issue2", HOST)
 
     with reload_held(proxy, config, tmp_path):
-        _replace(key, key2)
-        _replace(cert, chain2)
+        replace_file(key, key2)
+        replace_file(cert, chain2)
         if seen:
             proxy.wait_for_log("certificate or CA files changed", timeout=SWAP_TIMEOUT)
-    wait_until(lambda: _new_serial(proxy.port, ctx) == serial2, SWAP_TIMEOUT,
+    wait_until(lambda: served_serial(proxy.port, ctx, HOST) == serial2, SWAP_TIMEOUT,
                f"new connections to {HOST} to see the renewed certificate")
     assert "reload failed" not in proxy.log_text()
