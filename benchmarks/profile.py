@@ -13,6 +13,9 @@ Two instruments, because each is blind where the other sees:
   says what the work is (see :func:`bucket`); samples waiting in epoll or
   on a lock are idle and dropped.
 
+* **strace -c** (:mod:`benchmarks.syscalls`): syscalls per handshake and
+  per request, for certgate and for nginx under the same load.
+
 Each path runs the scenario's load (TLS 1.3 ECDSA handshakes; keep-alive GETs)
 against a fresh ``workers: 1`` certgate. Text summaries go to
 ``benchmarks/results/profiles/<stamp>/``; the top entries also go into the
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import syscalls
 from benchmarks.clients import handshake, keepalive
 from benchmarks.clients.handshake import HandshakeSpec
 from benchmarks.clients.keepalive import KeepAliveSpec
@@ -177,10 +181,36 @@ def _pyspy(bench: Bench, name: str, load: Load, out: Path) -> dict[str, Any] | s
     return summary
 
 
+def _syscalls(bench: Bench, load: Load) -> dict[str, Any]:
+    """Syscalls per operation for certgate and (when installed) nginx, 1 worker each."""
+    found: dict[str, Any] = {}
+    for spec in bench.wanted([ServerSpec("certgate"), ServerSpec("nginx")]):
+        server = bench.start(spec, "1")
+        try:
+            found[spec.label] = syscalls.count(server, lambda s=server: load(bench, s))
+        finally:
+            server.stop()
+    return found
+
+
+def _write_syscalls(path: Path, name: str, found: dict[str, Any]) -> None:
+    with path.open("w") as fh:
+        fh.write(f"strace -c -f, syscalls per {name} operation (1 worker)\n\n")
+        for label, counts in found.items():
+            if isinstance(counts, str):
+                fh.write(f"{label}: {counts}\n")
+                continue
+            fh.write(f"{label} ({counts['ops']} operations):\n")
+            fh.writelines(f"  {v:8.2f}  {k}\n" for k, v in counts["per_op"].items())
+
+
 def run(bench: Bench, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"directory": str(out)}
     for name, load in (("handshake", _handshake_load), ("keepalive", _keepalive_load)):
+        found = _syscalls(bench, load)
+        _write_syscalls(out / f"{name}-syscalls.txt", name, found)
         result[name] = {"cprofile": _cprofile(bench, name, load, out),
-                        "pyspy": _pyspy(bench, name, load, out)}
+                        "pyspy": _pyspy(bench, name, load, out),
+                        "syscalls_per_op": found}
     return result
