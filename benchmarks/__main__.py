@@ -93,6 +93,15 @@ def _version(argv: list[str]) -> str:
         else "?"
 
 
+def _dirty_sources() -> list[str]:
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return ["?"]
+    return [line[3:] for line in done.stdout.splitlines() if line.strip()]
+
+
 def _meta(opts: Options, bench: Bench, argv: list[str]) -> dict[str, Any]:
     import os
     from importlib.metadata import version
@@ -106,6 +115,9 @@ def _meta(opts: Options, bench: Bench, argv: list[str]) -> dict[str, Any]:
         "uvloop": version("uvloop"),
         "nginx": _version([bench.nginx, "-v"]) if bench.nginx else None,
         "certgate_commit": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        # The checkout may be edited while the suite runs: record what differed
+        # from the commit at the start, so a result is never credited wrongly.
+        "src_changes_at_start": _dirty_sources(),
         "command": "python -m benchmarks " + shlex.join(argv),
         "quick": opts.quick,
         "duration_s": opts.duration,

@@ -116,4 +116,9 @@ def run(bench: Bench) -> dict[str, dict[str, Any]]:
     for scenario, scenario_rows in rows.items():
         _add_ratios(scenario_rows)
         out[scenario] = {"rows": scenario_rows, "notes": []}
+    if "3" in out:
+        out["3"]["notes"].append(
+            "resumed = the share of connections whose offered session was accepted; below "
+            "100% the rest were full handshakes (with several workers: a ticket only "
+            "resumes on a worker that holds the key it was sealed with)")
     return out
