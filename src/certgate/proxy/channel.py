@@ -61,6 +61,8 @@ class Channel(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out: str | None = None
         # Raw mode (after an upgrade): bytes go to this callback, not h11.
+        #: Writes held back to go out as one (see :meth:`cork`).
+        self._corked: list[bytes] | None = None
         self._raw_sink: Callable[[bytes], None] | None = None
         self._raw_eof: Callable[[], None] | None = None
         #: Called when the transport can take writes again (tunnel backpressure).
@@ -136,8 +138,12 @@ class Channel(asyncio.Protocol):
     def has_buffered_data(self) -> bool:
         return bool(self._buffer)
 
-    async def next_event(self) -> Any:
-        """The next h11 event; raises ChannelTimeout or h11.RemoteProtocolError."""
+    async def next_event(self, before_waiting: Channel | None = None) -> Any:
+        """The next h11 event; raises ChannelTimeout or h11.RemoteProtocolError.
+
+        ``before_waiting`` is uncorked before this channel waits for bytes, so
+        what was corked there goes out as soon as nothing more is ready here.
+        """
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
@@ -152,6 +158,8 @@ class Channel(asyncio.Protocol):
             if self._eof:
                 self.h11.receive_data(b"")
                 continue
+            if before_waiting is not None:
+                before_waiting.uncork()
             await self._wait_readable()
 
     async def wait_for_data(self) -> bool:
@@ -197,7 +205,29 @@ class Channel(asyncio.Protocol):
         data = self.h11.send(event)
         if data and not self._lost:
             self.bytes_out += len(data)
-            self.transport.write(data)
+            if self._corked is not None:
+                self._corked.append(data)
+            else:
+                self.transport.write(data)
+
+    def cork(self) -> None:
+        """Hold writes until :meth:`uncork`, to send them as one.
+
+        Over TLS every transport write is its own record and its own send
+        syscall; a response head and a body that the upstream delivered
+        together go out together instead (one record, one syscall).
+        """
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        pending, self._corked = self._corked, None
+        if pending and not self._lost:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    @property
+    def corked(self) -> bool:
+        return self._corked is not None
 
     def write_raw(self, data: bytes) -> None:
         if not self._lost:

@@ -208,20 +208,30 @@ async def _deliver(
         await run_tunnel(client, conn, plan.tunnel_idle)
         return Result(101, reusable=False)
 
-    client.send(h11.Response(status_code=head.status_code, headers=headers, reason=head.reason))
+    # Headers parsed by h11 from the upstream, minus hop-by-hop ones: already
+    # validated, so h11's per-header regexes are skipped (see admission).
+    # The head is corked until the upstream has nothing more ready, so a small
+    # response leaves as one TLS record; an SSE stream's head still leaves at
+    # once, because next_event uncorks before it waits for upstream bytes.
+    client.cork()
+    client.send(h11.Response(status_code=head.status_code, headers=headers, reason=head.reason,
+                             http_version=b"1.1", _parsed=True))
     try:
         while True:
             conn.set_deadline(plan.read_timeout, "response body")
-            event = await conn.next_event()
+            event = await conn.next_event(before_waiting=client)
             if isinstance(event, h11.Data):
                 client.send(h11.Data(data=event.data))
-                await client.drain()
+                if not client.corked:
+                    await client.drain()
             elif isinstance(event, h11.EndOfMessage):
                 client.send(h11.EndOfMessage())
+                client.uncork()
                 break
             else:
                 raise ChannelClosed("upstream closed mid-body")
     except (ChannelClosed, ChannelTimeout, h11.RemoteProtocolError, h11.LocalProtocolError):
+        client.uncork()
         # Headers already went out: the only honest signal left is to cut
         # the client connection so it sees a truncated response.
         metrics.METRICS.upstream_error(plan.route, "reset")

