@@ -93,6 +93,10 @@ def _version(argv: list[str]) -> str:
         else "?"
 
 
+def _git_head() -> str:
+    return _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+
+
 def _dirty_sources() -> list[str]:
     try:
         done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
@@ -114,7 +118,7 @@ def _meta(opts: Options, bench: Bench, argv: list[str]) -> dict[str, Any]:
         "openssl": ssl.OPENSSL_VERSION,
         "uvloop": version("uvloop"),
         "nginx": _version([bench.nginx, "-v"]) if bench.nginx else None,
-        "certgate_commit": _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "certgate_commit": _git_head(),
         # The checkout may be edited while the suite runs: record what differed
         # from the commit at the start, so a result is never credited wrongly.
         "src_changes_at_start": _dirty_sources(),
@@ -166,9 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"running scenario(s) {', '.join(n for n in numbers if n in opts.scenarios)}"
                   f" ...", file=sys.stderr, flush=True)
+            # Others may commit to this checkout while the suite runs: record
+            # the source each scenario's servers were started from.
+            source = {"certgate_commit": _git_head(), "src_changes": _dirty_sources()}
             try:
                 for number, section in fn(bench).items():
-                    results["scenarios"][SCENARIOS[number]] = section
+                    results["scenarios"][SCENARIOS[number]] = {**section, **source}
             except Exception as exc:
                 failed = True
                 traceback.print_exc()
@@ -178,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import profile
 
             print("profiling ...", file=sys.stderr, flush=True)
-            results["profile"] = profile.run(bench, RESULTS / "profiles" / stamp)
+            source = {"certgate_commit": _git_head(), "src_changes": _dirty_sources()}
+            results["profile"] = {**profile.run(bench, RESULTS / "profiles" / stamp), **source}
         results["notes"] += bench.notes
     finally:
         if bench is not None:

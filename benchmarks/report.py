@@ -1,8 +1,13 @@
-"""The printed table and the JSON file: one place that knows each scenario's columns."""
+"""The printed table and the JSON file: one place that knows each scenario's columns.
+
+``python -m benchmarks.report RESULTS.json`` prints a result file's tables as
+Markdown, which is how ``benchmarks/README.md`` gets its numbers.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +90,9 @@ def render(results: dict[str, Any]) -> str:
         section = results["scenarios"].get(key)
         if section is None:
             continue
-        out.append(f"\n== {key} ==")
+        source = section.get("certgate_commit")
+        dirty = " + uncommitted src changes" if section.get("src_changes") else ""
+        out.append(f"\n== {key} ==" + (f"  (certgate {source}{dirty})" if source else ""))
         if section["rows"]:
             out.append(table(number, section["rows"]))
         out.extend(f"  note: {note}" for note in section.get("notes", []))
@@ -96,3 +103,24 @@ def render(results: dict[str, Any]) -> str:
 def write_json(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Every scenario's table as Markdown (same columns as the printed table)."""
+    out: list[str] = []
+    for number, key in SCENARIOS.items():
+        section = results["scenarios"].get(key)
+        if not section or not section["rows"]:
+            continue
+        columns = COLUMNS[number]
+        source = section.get("certgate_commit")
+        out.append(f"\n**{key}**" + (f" (certgate `{source}`)" if source else "") + "\n")
+        out.append("| " + " | ".join(header for header, _, _ in columns) + " |")
+        out.append("|" + "---|" * len(columns))
+        out.extend("| " + " | ".join(_cell(row, k, f) for _, k, f in columns) + " |"
+                   for row in section["rows"])
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
