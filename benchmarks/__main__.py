@@ -186,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print("profiling ...", file=sys.stderr, flush=True)
             source = {"certgate_commit": _git_head(), "src_changes": _dirty_sources()}
-            results["profile"] = {**profile.run(bench, RESULTS / "profiles" / stamp), **source}
+            try:
+                found = profile.run(bench, output.parent / "profiles" / stamp)
+                results["profile"] = {**found, **source}
+            except Exception as exc:
+                failed = True
+                traceback.print_exc()
+                results["notes"].append(f"profiling failed: {type(exc).__name__}: {exc}")
         results["notes"] += bench.notes
     finally:
         if bench is not None:
