@@ -53,3 +53,34 @@ def test_forwarded_headers_are_in_home_assistant_form():
                    b"x-forwarded-host": b"ha.example.com"}
     chained = dict(hdr.forwarded_headers("192.0.2.7", "h", [(b"X-Forwarded-For", b"198.51.100.1")]))
     assert chained[b"x-forwarded-for"] == b"198.51.100.1, 192.0.2.7"
+
+
+def test_escape_value_escapes_exactly_the_unsafe_bytes():
+    text = "".join(chr(c) for c in range(0x100)) + "é\u2028\U0001f512"
+    expected = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x25 else f"%{b:02X}"
+                       for b in text.encode("utf-8")).encode("ascii")
+    assert hdr.escape_value(text) == expected
+    assert hdr.escape_value("plain CN=alice,O=x") == b"plain CN=alice,O=x"
+
+
+def test_identity_headers_follow_role_changes(pki):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certgate.tls.identity import identity_from_der
+
+    leaf = x509.load_pem_x509_certificates(pki["alice"].cert.read_bytes())[0]
+    identity = identity_from_der(leaf.public_bytes(Encoding.DER))
+
+    def roles_header(roles: tuple[str, ...]) -> bytes:
+        found = dict(hdr.identity_headers(identity, verify="SUCCESS", roles=roles))
+        return found[b"x-client-roles"]
+
+    assert roles_header(("ops",)) == b"ops"
+    assert roles_header(("ops", "admin")) == b"ops,admin"
+    assert roles_header(()) == b""
+    assert roles_header(("ops",)) == b"ops"  # from the cache, still right
+    # The returned list is the caller's to change; the cache is not affected.
+    first = hdr.identity_headers(identity, verify="SUCCESS", roles=("x",))
+    first.clear()
+    assert hdr.identity_headers(identity, verify="SUCCESS", roles=("x",))

@@ -20,6 +20,7 @@ header line or smuggle a second header.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
@@ -107,10 +108,13 @@ def response_headers_for_client(headers: Iterable[tuple[bytes, bytes]]) -> Heade
 _SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 
+_UNSAFE = re.compile(rb"[^\x20-\x24\x26-\x7e]")  # the complement of _SAFE
+
+
 def escape_value(text: str) -> bytes:
     """A header-safe byte form of ``text`` (UTF-8, percent-escaped)."""
     raw = text.encode("utf-8", "surrogatepass")
-    if all(b in _SAFE for b in raw):
+    if _UNSAFE.search(raw) is None:
         return raw
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw).encode("ascii")
 
@@ -126,6 +130,24 @@ def identity_headers(
     """The verified ``X-Client-*`` headers for one request."""
     if identity is None:
         return [(b"x-client-verify", escape_value(verify))]
+    roles = tuple(roles)
+    key = (verify, roles, forward_pem, forward_xfcc)
+    cached = identity.header_cache.get(key)
+    if cached is None:
+        if len(identity.header_cache) >= _HEADER_CACHE_ENTRIES:
+            identity.header_cache.clear()
+        cached = identity.header_cache[key] = tuple(
+            _build_identity_headers(identity, verify, roles, forward_pem, forward_xfcc))
+    return list(cached)
+
+
+# Distinct role sets one certificate is seen with over its life: a role
+# change adds one; a handful covers any realistic churn.
+_HEADER_CACHE_ENTRIES = 8
+
+
+def _build_identity_headers(identity: ClientIdentity, verify: str, roles: tuple[str, ...],
+                            forward_pem: bool, forward_xfcc: bool) -> Headers:
     out: Headers = [
         (b"x-client-verify", escape_value(verify)),
         (b"x-client-cn", escape_value(identity.cn)),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -88,6 +88,14 @@ class ClientIdentity:
     der: bytes
     profile_problem: str | None
     subject_attrs: tuple[tuple[str, str], ...]
+    #: The X-Client-* headers already built for this certificate, per
+    #: (verify, roles, forwarding) choice (see http.headers.identity_headers):
+    #: an identity is cached per DER for the life of the process, and its
+    #: headers only change with its roles, so they are built once, not per
+    #: request. Not part of equality or the hash.
+    header_cache: dict[tuple[str, tuple[str, ...], bool, bool],
+                       tuple[tuple[bytes, bytes], ...]] = field(
+        default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.not_before.tzinfo is None or self.not_after.tzinfo is None:
