@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import select
 import socket
 import ssl
 import threading
@@ -59,6 +60,10 @@ routes:
   - host: localhost
     path: /open
     upstream: "http://127.0.0.1:%(scripted)d"
+  - host: localhost
+    path: /stall
+    upstream: "http://127.0.0.1:%(scripted)d"
+    timeouts: {read: 1s}
 """
 
 HEADER_TIMEOUT = 2.0
@@ -210,6 +215,12 @@ def close_on_second_request(peer: Peer) -> None:
     peer.read_body()
     peer.respond(f"conn {peer.rec.index}".encode())
     peer.read_head()
+
+
+def take_head_never_body(peer: Peer) -> None:
+    """Read a request head, then never read its body (a wedged upstream)."""
+    peer.read_head()
+    peer.stopping.wait(30)
 
 
 def count_body(peer: Peer) -> None:
@@ -436,6 +447,52 @@ def test_slow_upload_longer_than_read_timeout_is_not_504(launch, pki):
         response = conn.read_response()
     assert response.status == 200, response.body
     assert hashlib.sha256(b"x" * chunks * 1024).hexdigest().encode() in response.body
+
+
+def test_upstream_that_stops_reading_the_body_gets_504(launch, pki):
+    """No request hangs on an upstream that stops reading an upload: after
+    read timeout (1 s here) without progress, 504 and close."""
+    proxy, server = launch(take_head_never_body)
+    size = 64 * 1024 * 1024  # far more than the socket buffers hold
+    with Connection(proxy.port, pki.context("alice")) as conn:
+        conn.send_raw(b"POST /stall/up HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Content-Length: %d\r\n\r\n" % size)
+        conn.sock.settimeout(0.2)
+        chunk = b"x" * 65536
+        answer = b""
+        started = time.monotonic()
+        for _ in range(size // len(chunk)):  # stops once certgate answers or stops reading
+            if time.monotonic() - started > 15:
+                break
+            try:
+                conn.sock.sendall(chunk)
+            except TimeoutError:
+                pass
+            except (ssl.SSLError, OSError):
+                break
+            readable, _, _ = select.select([conn.sock], [], [], 0)
+            if not readable and not conn.sock.pending():
+                continue
+            try:
+                answer += conn.sock.recv(4096)
+            except (TimeoutError, ssl.SSLWantReadError):
+                continue
+            except (ssl.SSLError, OSError):
+                break
+            if answer:
+                break
+        elapsed = time.monotonic() - started
+        conn.sock.settimeout(2)
+        with contextlib.suppress(OSError, ssl.SSLError):
+            while b"stopped reading" not in answer and len(answer) < 4096:
+                more = conn.sock.recv(4096)  # the rest of the 504, then EOF
+                if not more:
+                    break
+                answer += more
+    assert server.seen("POST /stall/up") == 1
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+    assert b"stopped reading the request body" in answer
+    assert elapsed < 10, (elapsed, answer[:100])
 
 
 def test_get_is_retried_when_pooled_connection_dies_on_reuse(launch, pki):

@@ -41,6 +41,10 @@ class BodyTooLarge(Exception):
     """A chunked body grew past the route's max_body mid-upload (-> 413 or a cut)."""
 
 
+class UpstreamNotReading(Exception):
+    """The upstream took no request-body bytes for the read timeout (-> 504)."""
+
+
 @dataclass(slots=True)
 class Plan:
     """Everything the relay needs, decided before any upstream is contacted."""
@@ -75,7 +79,8 @@ async def _pump_body(client: ClientConnection, conn: UpstreamConnection, plan: P
                 if plan.max_body is not None and total > plan.max_body:
                     raise BodyTooLarge
                 conn.send(h11.Data(data=event.data))
-                await conn.drain()
+                if conn.writing_paused:
+                    await _drain_upstream(conn, plan.read_timeout)
             elif isinstance(event, h11.EndOfMessage):
                 conn.send(h11.EndOfMessage())
                 return
@@ -88,6 +93,21 @@ async def _pump_body(client: ClientConnection, conn: UpstreamConnection, plan: P
         raise
     finally:
         client.cancel_deadline()
+
+
+async def _drain_upstream(conn: UpstreamConnection, seconds: float) -> None:
+    """Wait for an upstream to take more of the body, at most ``seconds``.
+
+    An upstream that stops reading a request body mid-way (nginx's
+    proxy_send_timeout case) would otherwise hold the exchange forever: the
+    response-head deadline only starts once the body is sent.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await conn.drain()
+    except TimeoutError:
+        raise UpstreamNotReading(f"upstream stopped reading the request body for "
+                                 f"{seconds:g}s") from None
 
 
 async def relay(client: ClientConnection, plan: Plan) -> Result:
@@ -139,6 +159,8 @@ async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
         await pump
     except BodyTooLarge:
         return HTTPError(413, "request body exceeds this route's max_body", close=True)
+    except UpstreamNotReading as exc:
+        return HTTPError(504, str(exc), close=True, kind="timeout")
     except (asyncio.CancelledError, ChannelClosed, ChannelTimeout, h11.RemoteProtocolError):
         return None
     return None
