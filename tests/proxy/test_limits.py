@@ -449,6 +449,19 @@ def test_slow_upload_longer_than_read_timeout_is_not_504(launch, pki):
     assert hashlib.sha256(b"x" * chunks * 1024).hexdigest().encode() in response.body
 
 
+def test_client_that_stalls_mid_upload_gets_408(launch, pki, upstream):
+    proxy, _ = launch()
+    with Connection(proxy.port, pki.context("alice")) as conn:
+        conn.send_raw(b"POST /upload HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
+        started = time.monotonic()
+        response = conn.read_response()  # the route's read timeout is 1 s
+        elapsed = time.monotonic() - started
+    assert response.status == 408, response.body
+    assert b"request body not received in time" in response.body
+    assert elapsed < 5
+
+
 def test_upstream_that_stops_reading_the_body_gets_504(launch, pki):
     """No request hangs on an upstream that stops reading an upload: after
     read timeout (1 s here) without progress, 504 and close."""

@@ -161,7 +161,11 @@ async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
         return HTTPError(413, "request body exceeds this route's max_body", close=True)
     except UpstreamNotReading as exc:
         return HTTPError(504, str(exc), close=True, kind="timeout")
-    except (asyncio.CancelledError, ChannelClosed, ChannelTimeout, h11.RemoteProtocolError):
+    except ChannelTimeout:
+        # The pump's only deadline is the client's, between body chunks: the
+        # client stalled mid-upload, which is a 408, not an upstream failure.
+        return HTTPError(408, "request body not received in time", close=True)
+    except (asyncio.CancelledError, ChannelClosed, h11.RemoteProtocolError):
         return None
     return None
 
