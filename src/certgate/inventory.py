@@ -25,6 +25,7 @@ from certgate.ca.issuance import host_set_name
 from certgate.config.schema import BUILTIN, Config
 from certgate.revocation import parse_crls
 from certgate.runtime import uncovered_hosts
+from certgate.tls.contexts import server_names
 
 log = logging.getLogger("certgate.inventory")
 
@@ -59,13 +60,8 @@ def _certificates(path: Path, kind: str) -> list[Expiry]:
                    c.not_valid_after_utc.timestamp()) for c in certs]
 
 
-def _dns_names(path: Path) -> list[str]:
-    leaf = x509.load_pem_x509_certificates(path.read_bytes())[0]
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [name.lower() for name in san.get_values_for_type(x509.DNSName)]
+def _dns_names(path: Path) -> tuple[str, ...]:
+    return server_names(x509.load_pem_x509_certificates(path.read_bytes())[0])
 
 
 def _crls(path: Path) -> list[CRLState]:

@@ -72,17 +72,22 @@ def read_server_certificate(files: CertificateFiles) -> ServerCertificate:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if leaf_public != key_public:
         raise TLSSetupError(f"{files.key}: does not match the certificate in {files.cert}")
+    return ServerCertificate(files, server_names(leaf), leaf.not_valid_after_utc.timestamp())
+
+
+def server_names(leaf: x509.Certificate) -> tuple[str, ...]:
+    """The DNS SANs a server certificate answers for, normalised like route hosts."""
     names: list[str] = []
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        for dns in san.get_values_for_type(x509.DNSName):
-            try:
-                names.append(normalise_pattern(dns))
-            except InvalidHost:
-                continue
     except x509.ExtensionNotFound:
-        pass
-    return ServerCertificate(files, tuple(names), leaf.not_valid_after_utc.timestamp())
+        return ()
+    for dns in san.get_values_for_type(x509.DNSName):
+        try:
+            names.append(normalise_pattern(dns))
+        except InvalidHost:
+            continue
+    return tuple(names)
 
 
 def load_trust_bundle(sources: Sequence[Path]) -> str:
