@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from certgate.ca.authority import SERVER_RENEW_BEFORE
 from certgate.config.schema import StaleCRL
 from certgate.errors import CertgateError
 from certgate.revocation import RevocationIndex, load_revocation
@@ -44,11 +45,10 @@ POLL_INTERVAL = 1.0
 # "A warning every minute" for a stale CRL: often enough to be seen in a
 # journal, rare enough not to drown it.
 STALE_WARNING_INTERVAL = 60.0
-# certgate's own server certificates live 90 days and are renewed when a
-# runtime is built with less than 30 left (ca.SERVER_RENEW_BEFORE); checking
-# hourly keeps a long-running proxy from ever serving an expired one.
+# certgate's own server certificates are renewed when a runtime is built
+# with less than SERVER_RENEW_BEFORE left; checking hourly keeps a
+# long-running proxy from ever serving an expired one.
 RENEWAL_CHECK_INTERVAL = 3600.0
-RENEW_BEFORE = 30 * 86400.0
 
 Signature = tuple[tuple[str, int, int, int], ...]
 
@@ -132,10 +132,12 @@ class RevocationWatcher:
             current, build = await loop.run_in_executor(None, _signatures, runtime)
             if runtime is not self._current():
                 continue  # a reload swapped runtimes meanwhile; it rebaselined
-            if self._last is not None and current != self._last:
-                self._last = current
-                await self.refresh(runtime)
+            changed = current != self._last
             self._last = current
+            if changed:
+                await self.refresh(runtime)
+                if runtime is not self._current():
+                    continue  # a reload during the refresh rebaselined; keep its UNREAD
             self._check_rebuild(build)
             self._check_renewal(runtime, loop.time())
 
@@ -158,7 +160,8 @@ class RevocationWatcher:
             return
         self._next_renewal_check = now + RENEWAL_CHECK_INTERVAL
         automatic = runtime.automatic_certificate
-        if automatic is None or time.time() < automatic.not_after - RENEW_BEFORE:
+        if automatic is None or \
+                time.time() < automatic.not_after - SERVER_RENEW_BEFORE.total_seconds():
             return
         if self._rebuild is not None:
             log.info("the automatic server certificate %s expires soon; renewing",
