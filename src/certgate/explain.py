@@ -14,11 +14,16 @@ config: the same target normaliser, the same route table, the same
 What happens before a request exists is reproduced from the listener's
 rules: the URL's host is the SNI (none for an IP literal), which picks the
 handshake class. Under ``off`` no certificate is asked for, so none is
-seen. Under ``require`` a client without one fails the handshake. A
-certificate not issued by a trusted CA, or outside its validity period,
-fails it too (OpenSSL's checks, approximated: the chain is followed by
-issuer signature to a trusted certificate, without OpenSSL's every policy
-check).
+seen. Under ``require`` a client without one fails the handshake. The
+certificate (and any chain in its file) goes through OpenSSL's own chain
+verification with the listener's trust store and settings
+(:mod:`certgate.tls.openssl`), so what the handshake refuses (an untrusted
+or look-alike issuer, an unknown critical extension, a weak key, a
+pathLenConstraint violation, expiry) explain refuses too. Where that
+verifier cannot be reached, explain says so and falls back to following the
+chain by signature, which misses those policy checks. After the handshake
+come the same checks the listener makes (:func:`certgate.tls.verify.verify_peer`)
+and the same issuer-by-signature lookup (:mod:`certgate.tls.issuers`).
 
 Nothing is written: the config is only read, and built-in roles come from a
 read-only connection to the CA inventory (:func:`certgate.roles.read_inventory_roles`).
@@ -51,16 +56,14 @@ from certgate.http.target import BadTarget, parse_target
 from certgate.policy import Decision, decide
 from certgate.proxy.admission import Admitted, admit
 from certgate.proxy.client import ConnectionInfo
-from certgate.revocation import STALE_CRL, RevocationError, RevocationIndex, load_revocation
-from certgate.roles import BuiltinIssuers, read_inventory_roles, resolve
+from certgate.revocation import RevocationError, RevocationIndex, load_revocation
+from certgate.roles import builtin_issued, read_inventory_roles, resolve
 from certgate.routing import RouteTable
-from certgate.runtime import validity_problem
-from certgate.tls.identity import (
-    ClientIdentity,
-    InvalidCertificate,
-    check_client_certificate_profile,
-    identity_from_der,
-)
+from certgate.tls import openssl
+from certgate.tls.contexts import TLSSetupError, client_verification_context
+from certgate.tls.identity import ClientIdentity, InvalidCertificate, identity_from_der
+from certgate.tls.issuers import TrustedIssuers
+from certgate.tls.verify import Refusal, verify_peer
 
 __all__ = ["ALLOW", "DENY", "Explanation", "explain", "run"]
 
@@ -73,11 +76,10 @@ class _Snapshot:
 
     config: Config
     routes: RouteTable
-    builtin: BuiltinIssuers
     inventory: Mapping[int, tuple[str, ...]]
 
     def roles_for(self, identity: ClientIdentity) -> tuple[str, ...]:
-        return resolve(identity, self.builtin, self.inventory, self.config.client_auth.roles)
+        return resolve(identity, self.inventory, self.config.client_auth.roles)
 
 
 @dataclass
@@ -147,8 +149,11 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _chain_problem(chain: list[x509.Certificate], anchors: list[x509.Certificate]) -> str | None:
-    """Why the handshake would refuse this chain (as far as explain can tell), or None."""
+def _signature_chain_problem(chain: list[x509.Certificate],
+                             anchors: list[x509.Certificate]) -> str | None:
+    """The fallback when OpenSSL's verifier is out of reach: follow the chain
+    by signature to a trusted certificate (no purpose, key-strength, path
+    length or critical-extension checks)."""
     current, pool = chain[0], list(chain[1:])
     while True:
         if any(_issued_by(current, anchor) for anchor in anchors):
@@ -160,25 +165,62 @@ def _chain_problem(chain: list[x509.Certificate], anchors: list[x509.Certificate
         current = parent
 
 
-def _anchors(config: Config) -> tuple[list[x509.Certificate], list[str]]:
-    anchors: list[x509.Certificate] = []
+def _trust_pem(config: Config) -> tuple[str, list[str]]:
+    """The trusted CA files concatenated, as the runtime builds them, and notes
+    on files that cannot be read."""
+    parts: list[str] = []
     notes: list[str] = []
     for source in config.client_auth.trusted_cas:
         path = config.state_dir / "ca" / "bundle.pem" if source == BUILTIN else Path(source)
         try:
-            anchors += x509.load_pem_x509_certificates(path.read_bytes())
+            data = path.read_bytes()
+            x509.load_pem_x509_certificates(data)
         except (OSError, ValueError) as exc:
             notes.append(f"{path}: {exc}")
-    return anchors, notes
+            continue
+        parts.append(data.decode("ascii", "replace"))
+    return "\n".join(parts), notes
 
 
-def _builtin(config: Config) -> tuple[BuiltinIssuers, dict[int, tuple[str, ...]], str]:
+def _handshake_problem(config: Config, chain: list[x509.Certificate], trust_pem: str,
+                       ex: Explanation) -> str | None:
+    """Why the listener's handshake would refuse ``chain``, or None."""
+    if not trust_pem.strip():
+        return "no trusted CA can be read (client_auth.trusted_cas)"
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in chain]
+    try:
+        context = client_verification_context(trust_pem, config.tls)
+        verdict = openssl.verify_client_chain(context, ders)
+    except (openssl.Unavailable, TLSSetupError, ValueError) as exc:
+        ex.add("chain", f"cannot run OpenSSL's verification here ({exc}); checked signatures "
+                        "only, without purpose, key strength, path length or critical "
+                        "extensions")
+        anchors = x509.load_pem_x509_certificates(trust_pem.encode("ascii"))
+        return _signature_chain_problem(chain, anchors)
+    if verdict.ok:
+        ex.add("chain", "verified by OpenSSL with the listener's trust store and settings")
+        return None
+    where = "the certificate" if verdict.depth == 0 else f"chain depth {verdict.depth}"
+    detail = f"OpenSSL: {verdict.message} ({where}, error {verdict.code})"
+    if verdict.code in _UNTRUSTED:
+        return f"not issued by a trusted CA (client_auth.trusted_cas); {detail}"
+    return detail
+
+
+# X509_V_ERR_* codes that mean "no path to a trusted certificate" (x509_vfy.h):
+# unable to get issuer (2), self-signed leaf or chain root not trusted (18, 19),
+# unable to get local issuer (20), unable to verify the first certificate (21).
+_UNTRUSTED = frozenset({2, 18, 19, 20, 21})
+
+
+def _builtin(config: Config) -> tuple[bytes | None, dict[int, tuple[str, ...]], str]:
+    """The built-in CA's bundle and inventory roles, and where they came from."""
     database = config.state_dir / "ca" / "inventory.sqlite3"
     bundle = config.state_dir / "ca" / "bundle.pem"
     if not database.is_file() or not bundle.is_file():
-        return BuiltinIssuers(), {}, f"no built-in CA in {config.state_dir}"
+        return None, {}, f"no built-in CA in {config.state_dir}"
     try:
-        return (BuiltinIssuers.from_pem(bundle.read_bytes()), read_inventory_roles(database),
+        return (bundle.read_bytes(), read_inventory_roles(database),
                 f"read from {database}")
     except (OSError, ValueError, CAError, sqlite3.Error) as exc:
         raise UsageError(f"cannot read the built-in CA in {config.state_dir}: {exc}") from None
@@ -197,6 +239,15 @@ def _revocation(config: Config, trust_pem: str) -> RevocationIndex:
         return load_revocation(paths, trust_pem)
     except RevocationError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _issuer_text(identity: ClientIdentity) -> str:
+    issuer = identity.issuer
+    if issuer is None:
+        return (f"{identity.issuer_dn} (no certificate in the trusted CA files signed it: "
+                "no built-in roles, no issuer: or issuer-key: match)")
+    owner = "the built-in CA" if issuer.builtin else "a trusted CA"
+    return f"{issuer.dn} (signature verified: {owner}, issuer-key:{issuer.key_sha256})"
 
 
 def _rule_text(decision: Decision, route: Route) -> str:
@@ -231,18 +282,20 @@ def explain(config: Config, url: str, method: str = "GET",
     ex.add("tls", f"SNI {sni or '(none: IP literal)'} -> client certificate {mode.value}")
 
     chain = _read_chain(cert) if cert is not None else []
+    builtin_pem, inventory, inventory_note = _builtin(config)
+    snapshot = _Snapshot(config, routes, inventory)
+    trust_pem, notes = _trust_pem(config)
     identity: ClientIdentity | None = None
     if chain:
         try:
             der = chain[0].public_bytes(serialization.Encoding.DER)
-            identity = identity_from_der(der)
+            issuers = TrustedIssuers.from_pem(trust_pem, builtin_pem)
+            identity = identity_from_der(der, issuers)
         except InvalidCertificate as exc:
             raise UsageError(f"{cert}: {exc}") from None
-    builtin, inventory, inventory_note = _builtin(config)
-    snapshot = _Snapshot(config, routes, builtin, inventory)
 
     handshake: str | None = None
-    refusal: str | None = None
+    refusal: Refusal | None = None
     if identity is not None and mode is ClientAuth.OFF:
         ex.add("identity", "none: this name does not ask for a certificate (client_auth off)")
         identity = None
@@ -253,24 +306,19 @@ def explain(config: Config, url: str, method: str = "GET",
     else:
         ex.add("identity", f"CN={identity.cn!r}, serial {identity.serial_hex}")
         ex.add("subject", identity.dn or "(empty)")
-        ex.add("issuer", identity.issuer_dn)
+        ex.add("issuer", _issuer_text(identity))
         ex.add("fingerprint", identity.fingerprint)
         ex.add("sans", ", ".join(identity.sans) or "none")
-        anchors, notes = _anchors(config)
         for note in notes:
             ex.add("note", f"trusted CA not readable: {note}")
-        handshake = _chain_problem(chain, anchors) or validity_problem(identity)
+        handshake = _handshake_problem(config, chain, trust_pem, ex)
         if handshake is None:
-            trust_pem = "\n".join(a.public_bytes(serialization.Encoding.PEM).decode()
-                                  for a in anchors)
-            # Runtime.check_peer's order and rules: profile, validity, revocation
-            # (a stale CRL refuses unless stale_crl: allow).
-            refusal = check_client_certificate_profile(identity) or \
-                _revocation(config, trust_pem).check(identity)
-            if refusal is STALE_CRL and config.client_auth.stale_crl is StaleCRL.ALLOW:
-                refusal = None
+            # The listener's own post-handshake checks (Runtime.check_peer).
+            refusal = verify_peer(
+                identity, _revocation(config, trust_pem),
+                allow_stale=config.client_auth.stale_crl is StaleCRL.ALLOW)
         roles = snapshot.roles_for(identity)
-        builtin_roles = inventory.get(identity.serial, ()) if builtin.issued(identity) else ()
+        builtin_roles = inventory.get(identity.serial, ()) if builtin_issued(identity) else ()
         ex.add("roles", f"{', '.join(roles) or 'none'} (built-in inventory: "
                         f"{', '.join(builtin_roles) or 'none'}, {inventory_note})")
 

@@ -27,12 +27,23 @@ The kinds, and how each compares:
     one of the subject's organizationName / organizationalUnitName
     attributes, exactly. Read from the parsed subject, so a value with an
     escaped comma (``O=Acme\\, Inc.``) is one value, not two.
+``issuer-key:HEX``
+    the SHA-256 of the issuing CA's public key (SubjectPublicKeyInfo, 64 hex
+    digits, colons allowed): ``openssl x509 -in CA.pem -noout -pubkey |
+    openssl pkey -pubin -outform DER | sha256sum``. Matches only when the
+    leaf's signature verifies under a trusted CA certificate with that key.
+    This is the form to pin an issuer with: a key cannot be copied.
 ``issuer:DN``
     the issuer's distinguished name in RFC 4514 form, exactly as
     ``openssl x509 -noout -issuer -nameopt RFC2253`` prints it (most specific
     RDN first, no spaces after commas: ``CN=Step CA,O=Example``). Parsed at
     load time, so a malformed DN is a config error rather than a rule that
-    never matches; compared with the certificate's issuer exactly.
+    never matches. A DN is a value any CA can write into a certificate, so
+    this matches only when the leaf's signature verifies under a *trusted*
+    CA certificate whose subject is that DN (see :mod:`certgate.tls.issuers`):
+    a leaf from another trusted CA that reuses the DN does not match, and
+    neither does a leaf signed by an intermediate that no trusted CA file
+    contains (put the intermediate in the file). Prefer ``issuer-key:``.
 ``fingerprint:HEX``
     the SHA-256 fingerprint of the certificate (64 hex digits, colons allowed).
 ``serial:HEX``
@@ -71,6 +82,7 @@ class Kind(enum.Enum):
     O = "o"  # noqa: E741 - the X.500 attribute's own name
     OU = "ou"
     ISSUER = "issuer"
+    ISSUER_KEY = "issuer-key"
     FINGERPRINT = "fingerprint"
     SERIAL = "serial"
 
@@ -128,7 +140,9 @@ class Matcher:
             name = "O" if kind is Kind.O else "OU"
             return any(k == name and v == self.value for k, v in identity.subject_attrs)
         if kind is Kind.ISSUER:
-            return identity.issuer_dn == self.value
+            return identity.issuer is not None and identity.issuer.dn == self.value
+        if kind is Kind.ISSUER_KEY:
+            return identity.issuer is not None and identity.issuer.key_sha256 == self.value
         if kind is Kind.FINGERPRINT:
             return identity.fingerprint == self.value
         if kind is Kind.SERIAL:
@@ -222,10 +236,10 @@ def parse_matcher(text: str, *, allow_roles: bool = True) -> Matcher:
         if not list(name_):
             raise MatcherError("issuer: the DN is empty")
         return Matcher(kind, text, name_.rfc4514_string())
-    if kind is Kind.FINGERPRINT:
-        digits = _hex(value, "fingerprint:")
+    if kind is Kind.FINGERPRINT or kind is Kind.ISSUER_KEY:
+        digits = _hex(value, f"{kind.value}:")
         if len(digits) != 64:
-            raise MatcherError(f"fingerprint: must be a SHA-256 fingerprint (64 hex digits), "
+            raise MatcherError(f"{kind.value}: must be a SHA-256 fingerprint (64 hex digits), "
                                f"got {len(digits)} digits")
         return Matcher(kind, text, digits)
     assert kind is Kind.SERIAL

@@ -73,19 +73,6 @@ def handshake_failure_reason(exc: BaseException) -> str:
     return "other"
 
 
-def refusal_reason(reason: str) -> str:
-    """A bounded label for a certificate refused after the handshake."""
-    if "revoked" in reason:
-        return "revoked"
-    if "stale CRL" in reason:
-        return "stale_crl"
-    if "expired" in reason or "not yet valid" in reason:
-        return "expired"
-    if "extendedKeyUsage" in reason or "keyUsage" in reason:
-        return "bad_eku"
-    return "bad_cert"  # a CA as a leaf, several CNs, unparsable
-
-
 class NullRecorder:
     """Records nothing: metrics are off."""
 

@@ -9,10 +9,11 @@ Two sources, unioned:
    it (:mod:`certgate.watch`) and installs a snapshot; ``certgate explain``
    reads the same table through a read-only connection. A serial is only
    unique per issuer, so inventory roles apply only to a certificate whose
-   issuer is one of the built-in CA's certificates, recognised by issuer DN
-   *and* authorityKeyIdentifier: another trusted CA that happens to share
-   the DN (two installs both called "certgate CA") has a different key, and
-   a leaf without an AKI gets no inventory roles at all (fail closed).
+   signature verifies under one of the built-in CA's certificates
+   (:mod:`certgate.tls.issuers`). Issuer DN and authorityKeyIdentifier are
+   not enough: another trusted CA can write both, and an attack did exactly
+   that (an intermediate with the built-in CA's subject and SKI, a leaf with
+   a copied serial) to get inventory roles.
 2. **Config role rules** (``client_auth.roles``) for certificates from any
    trusted CA (step-ca, Vault, an old openssl CA, and the built-in one too):
    every matcher of a rule must match for its roles to apply.
@@ -26,40 +27,12 @@ X-Client-Roles.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
 
 from certgate.config.schema import RoleRule
 from certgate.tls.identity import ClientIdentity
 
-__all__ = ["BuiltinIssuers", "read_inventory_roles", "resolve", "rule_roles"]
-
-
-@dataclass(frozen=True, slots=True)
-class BuiltinIssuers:
-    """The (subject DN, subjectKeyIdentifier) of every built-in CA certificate."""
-
-    keys: frozenset[tuple[str, bytes]] = frozenset()
-
-    @classmethod
-    def from_pem(cls, pem: bytes) -> BuiltinIssuers:
-        """From the built-in CA's trust bundle (``STATE/ca/bundle.pem``)."""
-        found: set[tuple[str, bytes]] = set()
-        for cert in x509.load_pem_x509_certificates(pem):
-            try:
-                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-                digest = ski.digest
-            except x509.ExtensionNotFound:
-                digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
-            found.add((cert.subject.rfc4514_string(), digest))
-        return cls(frozenset(found))
-
-    def issued(self, identity: ClientIdentity) -> bool:
-        """Whether ``identity`` names a built-in CA certificate as its issuer."""
-        key_id = identity.issuer_key_id
-        return key_id is not None and (identity.issuer_dn, key_id) in self.keys
+__all__ = ["builtin_issued", "read_inventory_roles", "resolve", "rule_roles"]
 
 
 def rule_roles(rules: Iterable[RoleRule], identity: ClientIdentity) -> tuple[str, ...]:
@@ -71,15 +44,19 @@ def rule_roles(rules: Iterable[RoleRule], identity: ClientIdentity) -> tuple[str
     return tuple(out)
 
 
+def builtin_issued(identity: ClientIdentity) -> bool:
+    """Whether the built-in CA's key signed ``identity`` (checked by signature)."""
+    return identity.issuer is not None and identity.issuer.builtin
+
+
 def resolve(
     identity: ClientIdentity,
-    builtin: BuiltinIssuers,
     inventory: Mapping[int, tuple[str, ...]],
     rules: Iterable[RoleRule],
 ) -> tuple[str, ...]:
     """Every role ``identity`` holds: inventory roles (built-in certificates only)
     followed by config rule roles, without duplicates."""
-    out = list(inventory.get(identity.serial, ())) if builtin.issued(identity) else []
+    out = list(inventory.get(identity.serial, ())) if builtin_issued(identity) else []
     out += [role for role in rule_roles(rules, identity) if role not in out]
     return tuple(out)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +20,7 @@ from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
 from certgate.hostnames import HostTable
 from certgate.proxy.upstream import UpstreamPool
-from certgate.revocation import STALE_CRL, RevocationIndex, load_revocation
-from certgate.roles import BuiltinIssuers
+from certgate.revocation import RevocationIndex, load_revocation
 from certgate.roles import resolve as resolve_roles
 from certgate.routing import RouteTable
 from certgate.tls.contexts import (
@@ -32,11 +30,14 @@ from certgate.tls.contexts import (
     load_trust_bundle,
     read_server_certificate,
 )
-from certgate.tls.identity import (
-    ClientIdentity,
-    IdentityCache,
-    InvalidCertificate,
-    check_client_certificate_profile,
+from certgate.tls.identity import ClientIdentity, IdentityCache, InvalidCertificate
+from certgate.tls.issuers import TrustedIssuers, issuer_matcher_warnings
+from certgate.tls.verify import (
+    Refusal,
+    refuse_unparsable,
+    revocation_refusal,
+    validity_problem,
+    verify_peer,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +75,11 @@ class Runtime:
         self.contexts = contexts
         self.revocation = revocation
         self.ca = ca
-        self.identities = IdentityCache()
+        builtin_pem = ca.trust_bundle_path.read_bytes() if ca is not None else None
+        #: Which trusted certificate signed a leaf (by signature), looked up
+        #: once per certificate by the identity cache.
+        self.issuers = TrustedIssuers.from_pem(trust_pem, builtin_pem)
+        self.identities = IdentityCache(issuers=self.issuers)
         self.access_log = AccessLogger(config.access_log)
         self.connections: set[ClientConnection] = set()
         #: Set on shutdown: connections finish their current request and close.
@@ -82,13 +87,11 @@ class Runtime:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._pools: dict[int, UpstreamPool] = {}
         self._roles: dict[int, tuple[str, ...]] = {}
-        self._builtin_issuers = BuiltinIssuers()
         if ca is not None:
-            self._builtin_issuers = BuiltinIssuers.from_pem(ca.trust_bundle_path.read_bytes())
             self.set_roles(ca.inventory_snapshot())
 
     # -- per connection -------------------------------------------------
-    def check_peer(self, der: bytes) -> tuple[ClientIdentity | None, str | None]:
+    def check_peer(self, der: bytes) -> tuple[ClientIdentity | None, Refusal | None]:
         """The identity of a verified peer, and a reason to refuse it, if any.
 
         Runs for every connection, resumed sessions included: a resumed
@@ -98,20 +101,18 @@ class Runtime:
         try:
             identity = self.identities.get_or_parse(der)
         except InvalidCertificate as exc:
-            # OpenSSL accepted it but we cannot read it: refuse (fail closed).
-            return None, f"client certificate could not be parsed: {exc}"
-        reason = check_client_certificate_profile(identity) or validity_problem(identity)
-        if reason is None:
-            reason = self.revocation_problem(identity)
-        return identity, reason
+            return None, refuse_unparsable(exc)
+        return identity, verify_peer(identity, self.revocation, allow_stale=self._allow_stale,
+                                     on_stale_admitted=_count_stale_admission)
 
-    def revocation_problem(self, identity: ClientIdentity) -> str | None:
+    @property
+    def _allow_stale(self) -> bool:
+        return self.config.client_auth.stale_crl is StaleCRL.ALLOW
+
+    def revocation_problem(self, identity: ClientIdentity) -> Refusal | None:
         """Revoked, or stale CRL under ``stale_crl: reject``; None to admit."""
-        reason = self.revocation.check(identity)
-        if reason is STALE_CRL and self.config.client_auth.stale_crl is StaleCRL.ALLOW:
-            metrics.METRICS.stale_admission(identity.issuer_dn)
-            return None
-        return reason
+        return revocation_refusal(identity, self.revocation, self._allow_stale,
+                                  _count_stale_admission)
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
@@ -131,8 +132,7 @@ class Runtime:
 
     def roles_for(self, identity: ClientIdentity) -> tuple[str, ...]:
         """Inventory roles (built-in certificates only) plus config role rules."""
-        return resolve_roles(identity, self._builtin_issuers, self._roles,
-                             self.config.client_auth.roles)
+        return resolve_roles(identity, self._roles, self.config.client_auth.roles)
 
     def set_roles(self, roles: dict[int, tuple[str, ...]]) -> None:
         """Install a role snapshot (serial -> roles) read from the built-in CA."""
@@ -188,14 +188,8 @@ class Runtime:
         self.access_log.close()
 
 
-def validity_problem(identity: ClientIdentity, now: datetime | None = None) -> str | None:
-    """Expiry re-checked in Python: OpenSSL does not re-verify a resumed session."""
-    moment = now or datetime.now(UTC)
-    if moment > identity.not_after:
-        return "client certificate expired"
-    if moment < identity.not_before:
-        return "client certificate not yet valid"
-    return None
+def _count_stale_admission(identity: ClientIdentity) -> None:
+    metrics.METRICS.stale_admission(identity.issuer_dn)
 
 
 def uncovered_hosts(config: Config, names: Iterable[str]) -> list[str]:
@@ -260,9 +254,12 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
         else:
             crl_paths.append(Path(source))
     revocation = load_revocation(crl_paths, trust_pem or "")
-    return Runtime(config, routes, contexts, revocation, ca, crl_paths=tuple(crl_paths),
-                   trust_pem=trust_pem or "", trust_sources=tuple(sources),
-                   automatic_certificate=automatic)
+    runtime = Runtime(config, routes, contexts, revocation, ca, crl_paths=tuple(crl_paths),
+                      trust_pem=trust_pem or "", trust_sources=tuple(sources),
+                      automatic_certificate=automatic)
+    for warning in issuer_matcher_warnings(config, runtime.issuers):
+        notice(f"certgate: warning: {warning}")
+    return runtime
 
 
-__all__ = ["Runtime", "TLSSetupError", "build_runtime"]
+__all__ = ["Runtime", "TLSSetupError", "build_runtime", "validity_problem"]

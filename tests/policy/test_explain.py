@@ -74,7 +74,7 @@ def test_handshake_outcomes(config, pki):
     expired = _explain("-c", str(config), "--cert", str(pki["expired"].cert),
                        "https://localhost/")
     assert expired.returncode == 1
-    assert "handshake would fail: client certificate expired" in expired.stdout
+    assert "handshake would fail: OpenSSL: certificate has expired" in expired.stdout
     ignored = _explain("-c", str(config), "--cert", str(pki["bob"].cert),
                        "https://open.localhost/")
     assert ignored.returncode == 0

@@ -21,17 +21,19 @@ from cryptography.x509.oid import NameOID
 from certgate.config.schema import ClientAuth, PathRule, RoleRule, Route, Upstream
 from certgate.matchers import MatcherError, parse_matcher
 from certgate.policy import decide, pick_rule, strip_parameters
-from certgate.roles import BuiltinIssuers, resolve
+from certgate.roles import resolve
 from certgate.tls.identity import ClientIdentity, identity_from_der
+from certgate.tls.issuers import TrustedIssuers, key_sha256
 
 NOW = dt.datetime.now(dt.UTC)
 
 
 @cache
-def _key() -> ec.EllipticCurvePrivateKey:
+def _key(which: str = "trusted") -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+@cache
 def _ca(name: str) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     return (
@@ -44,9 +46,14 @@ def _ca(name: str) -> x509.Certificate:
     )
 
 
+# The leaves below are signed by _key(); "Other CA" is trusted, so issuers are
+# found by signature as the runtime finds them.
+TRUST = TrustedIssuers([_ca("Other CA")])
+
+
 def _identity(*attrs: tuple[x509.ObjectIdentifier, str], sans: list[x509.GeneralName] = (),
-              serial: int = 0x1F2E, issuer: str = "Other CA", aki: bool = True
-              ) -> ClientIdentity:
+              serial: int = 0x1F2E, issuer: str = "Other CA", aki: bool = True,
+              issuers: TrustedIssuers = TRUST, signer: str = "trusted") -> ClientIdentity:
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(oid, value) for oid, value in attrs]))
@@ -59,7 +66,9 @@ def _identity(*attrs: tuple[x509.ObjectIdentifier, str], sans: list[x509.General
     if aki:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(_key().public_key()), False)
-    return identity_from_der(builder.sign(_key(), hashes.SHA256()).public_bytes(Encoding.DER))
+    key = _key() if signer == "trusted" else _key(signer)
+    der = builder.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+    return identity_from_der(der, issuers)
 
 
 CN = NameOID.COMMON_NAME
@@ -208,22 +217,49 @@ def test_reason_is_one_line_whatever_the_cn() -> None:
 
 def test_roles_union_builtin_only_for_builtin_issuer() -> None:
     ca = _ca("certgate CA")
-    builtin = BuiltinIssuers.from_pem(ca.public_bytes(Encoding.PEM))
+    issuers = TrustedIssuers([ca, _ca("Other CA")], builtin=[ca])
     rules = (RoleRule((parse_matcher("san:URI:spiffe://example.org/ns/ops/*"),), ("ops", "x")),)
     inventory = {0x1F2E: ("family", "ops")}
-    ours = _identity((CN, "bob"), issuer="certgate CA",
+    ours = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers,
                      sans=[x509.UniformResourceIdentifier("spiffe://example.org/ns/ops/a")])
-    assert resolve(ours, builtin, inventory, rules) == ("family", "ops", "x")
-    # Same DN, no AKI: might be another CA of the same name -> no inventory roles.
-    twin = _identity((CN, "bob"), issuer="certgate CA", aki=False)
-    assert resolve(twin, builtin, inventory, rules) == ()
-    stranger = _identity((CN, "bob"), issuer="Other CA",
+    assert resolve(ours, inventory, rules) == ("family", "ops", "x")
+    # Without an AKI the signature still decides: it is the built-in CA's.
+    assert resolve(_identity((CN, "bob"), issuer="certgate CA", aki=False, issuers=issuers),
+                   inventory, rules) == ("family", "ops")
+    # Same DN and the built-in key's AKI, signed by another key: a look-alike.
+    twin = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="forger")
+    assert twin.issuer is None
+    assert resolve(twin, inventory, rules) == ()
+    stranger = _identity((CN, "bob"), issuer="Other CA", issuers=issuers,
                          sans=[x509.UniformResourceIdentifier("spiffe://example.org/ns/ops/a")])
-    assert resolve(stranger, builtin, inventory, rules) == ("ops", "x")
+    assert resolve(stranger, inventory, rules) == ("ops", "x")
+    # The built-in CA is not trusted: its certificates get no inventory roles.
+    untrusted = _identity((CN, "bob"), issuer="certgate CA",
+                          issuers=TrustedIssuers([_ca("Other CA")], builtin=[ca]))
+    assert resolve(untrusted, inventory, rules) == ()
+
+
+def test_issuer_matchers_bind_to_the_signing_key() -> None:
+    pinned = parse_matcher(f"issuer-key:{key_sha256(_ca('Other CA'))}")
+    by_name = parse_matcher("issuer:CN=Other CA")
+    assert pinned.matches(BOB)
+    assert by_name.matches(BOB)
+    # The DN copied by a leaf another key signed matches neither.
+    forged = _identity((CN, "bob"), signer="forger")
+    assert forged.issuer_dn == BOB.issuer_dn
+    assert not pinned.matches(forged)
+    assert not by_name.matches(forged)
+    # Nor does a leaf parsed without an issuer lookup (fail closed).
+    lone = _identity((CN, "bob"), issuers=TrustedIssuers([]))
+    assert not pinned.matches(lone)
+    assert not by_name.matches(lone)
+    assert not parse_matcher("issuer-key:" + "0" * 64).matches(BOB)
+    with pytest.raises(MatcherError, match="64 hex digits"):
+        parse_matcher("issuer-key:abcd")
 
 
 def test_role_rule_needs_every_matcher() -> None:
     rule = RoleRule((parse_matcher("issuer:CN=Other CA"), parse_matcher("ou:ops")), ("ops",))
-    assert resolve(BOB, BuiltinIssuers(), {}, (rule,)) == ("ops",)
+    assert resolve(BOB, {}, (rule,)) == ("ops",)
     other = _identity((CN, "bob"), (OU, "dev"))
-    assert resolve(other, BuiltinIssuers(), {}, (rule,)) == ()
+    assert resolve(other, {}, (rule,)) == ()

@@ -28,9 +28,9 @@ from certgate.errors import HTTPError
 from certgate.hostnames import InvalidHost, normalise_host
 from certgate.http import headers as hdr
 from certgate.http.target import BadTarget, parse_target
-from certgate.metrics import refusal_reason
 from certgate.policy import Decision, decide
 from certgate.tls.identity import ClientIdentity
+from certgate.tls.verify import Refusal
 
 if TYPE_CHECKING:
     from certgate.config.schema import Config
@@ -101,7 +101,7 @@ def admit(
     runtime: Snapshot,
     info: ConnectionInfo,
     identity: ClientIdentity | None,
-    refusal: str | None,
+    refusal: Refusal | None,
     request: h11.Request,
 ) -> Admitted:
     raw = list(request.headers.raw_items())
@@ -150,7 +150,7 @@ def admit(
     if route is None:
         raise HTTPError(404, f"no route for {host}{target.path}")
     if refusal is not None:
-        raise HTTPError(403, refusal, close=True, kind=refusal_reason(refusal),
+        raise HTTPError(403, refusal.reason, close=True, kind=refusal.label,
                         route=route.name)
     method = request.method.decode("ascii", "replace")
     roles = runtime.roles_for(identity) if identity is not None else ()

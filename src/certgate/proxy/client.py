@@ -31,6 +31,7 @@ from certgate.proxy.admission import Admitted, admit, check_framing
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.exchange import Plan, relay
 from certgate.tls.identity import ClientIdentity
+from certgate.tls.verify import Refusal
 from certgate.whoami import whoami_response
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class ClientConnection(Channel):
         self.runtime = runtime
         self.info = info
         self.identity: ClientIdentity | None = None
-        self.refusal: str | None = None  # set when the certificate must not be honoured
+        self.refusal: Refusal | None = None  # set when the certificate must not be honoured
         self.task: asyncio.Task[None] | None = None
         #: True while a request is being served (shutdown waits for these).
         self.busy = False
@@ -71,7 +72,7 @@ class ClientConnection(Channel):
         recorder = metrics.METRICS
         if recorder.enabled:
             recorder.handshake(self.info.listener, None if self.refusal is None
-                               else metrics.refusal_reason(self.refusal))
+                               else self.refusal.label)
             recorder.connection_opened(self.info.listener)
         self.runtime.connections.add(self)
         self.task = asyncio.get_running_loop().create_task(self.serve())

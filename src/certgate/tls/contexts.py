@@ -105,9 +105,8 @@ def load_trust_bundle(sources: Sequence[Path]) -> str:
     return "\n".join(parts)
 
 
-def server_context(
-    mode: ClientAuth, cert: CertificateFiles, trust_pem: str | None, settings: TLSSettings
-) -> ssl.SSLContext:
+def _base_context(settings: TLSSettings) -> ssl.SSLContext:
+    """What every listener context shares, before certificates and trust."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if settings.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
@@ -118,15 +117,36 @@ def server_context(
     if not settings.session_tickets:
         ctx.num_tickets = 0
         ctx.options |= ssl.OP_NO_TICKET
-    try:
-        ctx.load_cert_chain(str(cert.cert), str(cert.key))
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSSetupError(f"{cert.cert}: cannot load certificate and key: {exc}") from None
+    return ctx
+
+
+def _trust_clients(ctx: ssl.SSLContext, mode: ClientAuth, trust_pem: str | None) -> None:
     ctx.verify_mode = _VERIFY_MODE[mode]
     if mode is not ClientAuth.OFF:
         if not trust_pem:
             raise TLSSetupError("client certificates are asked for but no CA is trusted")
         ctx.load_verify_locations(cadata=trust_pem)
+
+
+def server_context(
+    mode: ClientAuth, cert: CertificateFiles, trust_pem: str | None, settings: TLSSettings
+) -> ssl.SSLContext:
+    ctx = _base_context(settings)
+    try:
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSSetupError(f"{cert.cert}: cannot load certificate and key: {exc}") from None
+    _trust_clients(ctx, mode, trust_pem)
+    return ctx
+
+
+def client_verification_context(trust_pem: str, settings: TLSSettings) -> ssl.SSLContext:
+    """A context that verifies client chains exactly as a listener's does (same
+    construction, trust store, parameters and security level), without a
+    server certificate: ``certgate explain`` runs OpenSSL's verifier on it
+    (:mod:`certgate.tls.openssl`)."""
+    ctx = _base_context(settings)
+    _trust_clients(ctx, ClientAuth.REQUIRE, trust_pem)
     return ctx
 
 

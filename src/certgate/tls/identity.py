@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -29,9 +30,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "IDENTITY_CACHE_SIZE",
+    "NO_CLIENT_AUTH_EKU",
+    "NO_DIGITAL_SIGNATURE",
     "ClientIdentity",
     "IdentityCache",
     "InvalidCertificate",
+    "IssuerLookup",
+    "VerifiedIssuer",
     "check_client_certificate_profile",
     "identity_from_der",
 ]
@@ -47,9 +52,36 @@ IDENTITY_CACHE_SIZE = 1024
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
+#: Profile problems that are about what the key may be used for (the
+#: ``bad_eku`` refusal label); every other profile problem is ``bad_cert``.
+NO_CLIENT_AUTH_EKU = "extendedKeyUsage does not include clientAuth"
+NO_DIGITAL_SIGNATURE = "keyUsage does not include digitalSignature"
+
 
 class InvalidCertificate(ValueError):
     """The DER is not a certificate certgate can take an identity from."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedIssuer:
+    """The trusted CA certificate whose key signed a leaf, found by its signature.
+
+    A leaf's issuer DN and authorityKeyIdentifier are values any issuer can
+    write; which key signed it is not. Built-in roles and ``issuer:`` /
+    ``issuer-key:`` matchers read this, never the leaf's own claims.
+    ``key_sha256`` is the lowercase hex SHA-256 of the issuer's
+    SubjectPublicKeyInfo (DER); ``builtin`` says it is a certificate of
+    certgate's built-in CA.
+    """
+
+    dn: str
+    key_sha256: str
+    builtin: bool
+
+
+#: Finds the :class:`VerifiedIssuer` of a leaf among the trusted CA
+#: certificates (see :class:`certgate.tls.issuers.TrustedIssuers`).
+IssuerLookup = Callable[[x509.Certificate], "VerifiedIssuer | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +104,9 @@ class ClientIdentity:
     would otherwise cut one value in two. ``profile_problem`` is what
     :func:`check_client_certificate_profile` said about the certificate,
     computed once at parse time; it has no default so an identity built by
-    hand cannot silently pass the profile check.
+    hand cannot silently pass the profile check. ``issuer`` is the trusted
+    certificate that verifiably signed the leaf (None: not found among the
+    trusted certificates, or not looked up), see :class:`VerifiedIssuer`.
     """
 
     cn: str
@@ -88,6 +122,7 @@ class ClientIdentity:
     der: bytes
     profile_problem: str | None
     subject_attrs: tuple[tuple[str, str], ...]
+    issuer: VerifiedIssuer | None = None
     #: The X-Client-* headers already built for this certificate, per
     #: (verify, roles, forwarding) choice (see http.headers.identity_headers):
     #: an identity is cached per DER for the life of the process, and its
@@ -144,8 +179,11 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
         return None
 
 
-def identity_from_der(der: bytes) -> ClientIdentity:
+def identity_from_der(der: bytes, issuers: IssuerLookup | None = None) -> ClientIdentity:
     """Parse a leaf certificate (DER, as ``getpeercert(binary_form=True)``).
+
+    ``issuers`` finds the trusted certificate that signed it (a signature
+    check, done here once per certificate so the cached identity carries it).
 
     Raises:
         InvalidCertificate: if the DER does not parse (trailing bytes, bad
@@ -174,6 +212,7 @@ def identity_from_der(der: bytes) -> ClientIdentity:
             profile_problem=_profile_problem(cert),
             subject_attrs=tuple((attr.rfc4514_attribute_name, _text(attr.value))
                                 for attr in cert.subject),
+            issuer=issuers(cert) if issuers is not None else None,
         )
     # A non-positive serial makes cryptography warn; under warnings-as-errors
     # (the test suite) the warning arrives as an exception of its own class.
@@ -201,13 +240,13 @@ def _profile_problem(cert: x509.Certificate) -> str | None:
         # be used for the listed purposes. anyExtendedKeyUsage alone is
         # refused as well: the CA/Browser Forum forbids it in subscriber
         # certificates and OpenSSL's own "sslclient" purpose rejects it.
-        return "extendedKeyUsage does not include clientAuth"
+        return NO_CLIENT_AUTH_EKU
     ku = _extension(cert, x509.KeyUsage)
     if ku is not None and not ku.digital_signature:
         # TLS client authentication is a signature (RFC 8446 s.4.4.3,
         # RFC 5246 s.7.4.8), so keyUsage must allow digitalSignature
         # (RFC 5280 s.4.2.1.3).
-        return "keyUsage does not include digitalSignature"
+        return NO_DIGITAL_SIGNATURE
     if len(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)) > 1:
         # Policy matches on one CN; which of several a rule meant is a guess.
         return "subject has more than one commonName"
@@ -243,12 +282,14 @@ class IdentityCache:
     cached. Not thread-safe: one cache per event loop.
     """
 
-    __slots__ = ("_capacity", "_entries", "hits", "misses")
+    __slots__ = ("_capacity", "_entries", "_issuers", "hits", "misses")
 
-    def __init__(self, capacity: int = IDENTITY_CACHE_SIZE) -> None:
+    def __init__(self, capacity: int = IDENTITY_CACHE_SIZE,
+                 issuers: IssuerLookup | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
+        self._issuers = issuers
         self._entries: OrderedDict[bytes, ClientIdentity] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -266,7 +307,7 @@ class IdentityCache:
             self.hits += 1
             return identity
         self.misses += 1
-        identity = identity_from_der(key)
+        identity = identity_from_der(key, self._issuers)
         self._entries[key] = identity
         if len(self._entries) > self._capacity:
             self._entries.popitem(last=False)

@@ -1,0 +1,179 @@
+"""OpenSSL's own chain verification, reached through the libssl CPython uses.
+
+Theory of operation
+-------------------
+Python's :mod:`ssl` verifies a client chain inside the handshake and offers
+no way to run that verification on a certificate outside one (no
+``X509_verify_cert``), and Python 3.11 cannot hand back the chain a peer
+sent. ``certgate explain`` must nevertheless reach the same verdict as the
+listener for certificates that OpenSSL refuses and a Python approximation
+would pass: an unknown critical extension, an RSA-1024 key under security
+level 2, a pathLenConstraint violation, a look-alike issuer.
+
+So this module calls the verifier itself, with the listener's settings:
+
+* the library is the one the ``_ssl`` extension is linked against
+  (``dlopen`` of ``_ssl``'s own file resolves symbols through its
+  dependencies), never another libcrypto found on the path;
+* the ``SSL_CTX`` is the one inside an :class:`ssl.SSLContext` that certgate
+  built with the listener's own function. CPython's ``PySSLContext`` begins
+  with ``PyObject_HEAD`` followed by the ``SSL_CTX *``; the pointer is used
+  only after a self-test reads the context's verify mode, options and
+  security level back through libssl and finds what Python reports;
+* the steps are ``ssl_verify_cert_chain``'s (ssl/ssl_cert.c, OpenSSL 3.0):
+  the context's certificate store, purpose ``ssl_client``, the context's
+  verify parameters, and the context's security level as the auth level.
+
+Anything unexpected (another interpreter, a debug build, a symbol missing, the
+self-test failing) raises :class:`Unavailable` with the reason, and callers
+say that they cannot reproduce OpenSSL's verdict rather than guess one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+import sys
+from dataclasses import dataclass
+
+__all__ = ["ChainVerdict", "Unavailable", "verify_client_chain"]
+
+_P = ctypes.c_void_p
+
+
+class Unavailable(RuntimeError):
+    """OpenSSL's verifier cannot be reached safely on this interpreter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerdict:
+    ok: bool
+    #: OpenSSL's X509_V_* code (0 when ok) and its text, e.g.
+    #: "unsupported certificate purpose".
+    code: int
+    message: str
+    #: The depth in the chain the error was found at (0: the leaf).
+    depth: int
+
+
+def _library() -> ctypes.CDLL:
+    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
+        raise Unavailable("needs a release build of CPython (the SSLContext layout is read)")
+    import _ssl
+
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)
+    except OSError as exc:
+        raise Unavailable(f"cannot load {_ssl.__file__}: {exc}") from None
+    signatures: dict[str, tuple[list[type], type | None]] = {
+        "SSL_CTX_get_cert_store": ([_P], _P),
+        "SSL_CTX_get0_param": ([_P], _P),
+        "SSL_CTX_get_security_level": ([_P], ctypes.c_int),
+        "SSL_CTX_get_verify_mode": ([_P], ctypes.c_int),
+        "SSL_CTX_get_options": ([_P], ctypes.c_uint64),
+        "d2i_X509": ([_P, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long], _P),
+        "X509_free": ([_P], None),
+        "OPENSSL_sk_new_null": ([], _P),
+        "OPENSSL_sk_push": ([_P, _P], ctypes.c_int),
+        "OPENSSL_sk_free": ([_P], None),
+        "X509_STORE_CTX_new": ([], _P),
+        "X509_STORE_CTX_free": ([_P], None),
+        "X509_STORE_CTX_init": ([_P, _P, _P, _P], ctypes.c_int),
+        "X509_STORE_CTX_set_default": ([_P, ctypes.c_char_p], ctypes.c_int),
+        "X509_STORE_CTX_get0_param": ([_P], _P),
+        "X509_VERIFY_PARAM_set1": ([_P, _P], ctypes.c_int),
+        "X509_VERIFY_PARAM_set_auth_level": ([_P, ctypes.c_int], None),
+        "X509_verify_cert": ([_P], ctypes.c_int),
+        "X509_STORE_CTX_get_error": ([_P], ctypes.c_int),
+        "X509_STORE_CTX_get_error_depth": ([_P], ctypes.c_int),
+        "X509_verify_cert_error_string": ([ctypes.c_long], ctypes.c_char_p),
+    }
+    for name, (args, result) in signatures.items():
+        try:
+            function = getattr(lib, name)
+        except AttributeError:
+            raise Unavailable(f"libssl has no {name} (OpenSSL {ssl.OPENSSL_VERSION})") from None
+        function.argtypes = args
+        function.restype = result
+    return lib
+
+
+_LIB: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _LIB
+    if _LIB is None:
+        _LIB = _library()
+    return _LIB
+
+
+def _ssl_ctx(context: ssl.SSLContext) -> int:
+    """The ``SSL_CTX *`` inside ``context``, after checking it is really that."""
+    lib = _lib()
+    if type(context) is not ssl.SSLContext:
+        raise Unavailable("only a plain ssl.SSLContext can be inspected")
+    # PyObject_HEAD is ob_refcnt + ob_type in a release build.
+    offset = 2 * ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(id(context) + offset).value
+    if not pointer:
+        raise Unavailable("SSLContext holds no SSL_CTX")
+    # The self-test: three values Python reports must read back the same.
+    verify = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}[context.verify_mode]
+    if lib.SSL_CTX_get_verify_mode(pointer) != verify or \
+            lib.SSL_CTX_get_options(pointer) != int(context.options) or \
+            lib.SSL_CTX_get_security_level(pointer) not in range(6):
+        raise Unavailable("the SSLContext layout is not the one this module knows")
+    return pointer
+
+
+def verify_client_chain(context: ssl.SSLContext, chain_der: list[bytes]) -> ChainVerdict:
+    """Run OpenSSL's client-chain verification of ``context`` on ``chain_der``.
+
+    Args:
+        context: a server context with client verification configured (the
+            trust store and parameters the listener uses).
+        chain_der: the leaf first, then whatever the client would send.
+
+    Raises:
+        Unavailable: the verifier cannot be reached safely here.
+        ValueError: a certificate that OpenSSL cannot decode.
+    """
+    if not chain_der:
+        raise ValueError("no certificate to verify")
+    lib = _lib()
+    ssl_ctx = _ssl_ctx(context)
+    certs: list[int] = []
+    stack = store_ctx = None
+    try:
+        for der in chain_der:
+            buffer = ctypes.c_char_p(der)
+            cert = lib.d2i_X509(None, ctypes.byref(buffer), len(der))
+            if not cert:
+                raise ValueError("OpenSSL cannot decode the certificate")
+            certs.append(cert)
+        stack = lib.OPENSSL_sk_new_null()
+        store_ctx = lib.X509_STORE_CTX_new()
+        if not stack or not store_ctx:
+            raise MemoryError("OpenSSL allocation failed")
+        for cert in certs:
+            lib.OPENSSL_sk_push(stack, cert)
+        store = lib.SSL_CTX_get_cert_store(ssl_ctx)
+        if lib.X509_STORE_CTX_init(store_ctx, store, certs[0], stack) != 1:
+            raise Unavailable("X509_STORE_CTX_init failed")
+        lib.X509_STORE_CTX_set_default(store_ctx, b"ssl_client")
+        param = lib.X509_STORE_CTX_get0_param(store_ctx)
+        lib.X509_VERIFY_PARAM_set1(param, lib.SSL_CTX_get0_param(ssl_ctx))
+        lib.X509_VERIFY_PARAM_set_auth_level(param, lib.SSL_CTX_get_security_level(ssl_ctx))
+        ok = lib.X509_verify_cert(store_ctx) == 1
+        code = 0 if ok else lib.X509_STORE_CTX_get_error(store_ctx)
+        text = lib.X509_verify_cert_error_string(code) or b"unknown error"
+        depth = 0 if ok else lib.X509_STORE_CTX_get_error_depth(store_ctx)
+        return ChainVerdict(ok, code, text.decode("ascii", "replace"), depth)
+    finally:
+        if store_ctx:
+            lib.X509_STORE_CTX_free(store_ctx)
+        if stack:
+            lib.OPENSSL_sk_free(stack)  # the certificates are freed below
+        for cert in certs:
+            lib.X509_free(cert)
