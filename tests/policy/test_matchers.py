@@ -34,15 +34,16 @@ def _key(which: str = "trusted") -> ec.EllipticCurvePrivateKey:
 
 
 @cache
-def _ca(name: str) -> x509.Certificate:
+def _ca(name: str, which: str = "trusted") -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    key = _key() if which == "trusted" else _key(which)
     return (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(_key().public_key()).serial_number(1)
+        .public_key(key.public_key()).serial_number(1)
         .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=9))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(_key().public_key()), False)
-        .sign(_key(), hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
     )
 
 
@@ -216,16 +217,16 @@ def test_reason_is_one_line_whatever_the_cn() -> None:
 
 
 def test_roles_union_builtin_only_for_builtin_issuer() -> None:
-    ca = _ca("certgate CA")
+    ca = _ca("certgate CA", "builtin")
     issuers = TrustedIssuers([ca, _ca("Other CA")], builtin=[ca])
     rules = (RoleRule((parse_matcher("san:URI:spiffe://example.org/ns/ops/*"),), ("ops", "x")),)
     inventory = {0x1F2E: ("family", "ops")}
-    ours = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers,
+    ours = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="builtin",
                      sans=[x509.UniformResourceIdentifier("spiffe://example.org/ns/ops/a")])
     assert resolve(ours, inventory, rules) == ("family", "ops", "x")
     # Without an AKI the signature still decides: it is the built-in CA's.
-    assert resolve(_identity((CN, "bob"), issuer="certgate CA", aki=False, issuers=issuers),
-                   inventory, rules) == ("family", "ops")
+    assert resolve(_identity((CN, "bob"), issuer="certgate CA", aki=False, issuers=issuers,
+                             signer="builtin"), inventory, rules) == ("family", "ops")
     # Same DN and the built-in key's AKI, signed by another key: a look-alike.
     twin = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="forger")
     assert twin.issuer is None
@@ -234,7 +235,7 @@ def test_roles_union_builtin_only_for_builtin_issuer() -> None:
                          sans=[x509.UniformResourceIdentifier("spiffe://example.org/ns/ops/a")])
     assert resolve(stranger, inventory, rules) == ("ops", "x")
     # The built-in CA is not trusted: its certificates get no inventory roles.
-    untrusted = _identity((CN, "bob"), issuer="certgate CA",
+    untrusted = _identity((CN, "bob"), issuer="certgate CA", signer="builtin",
                           issuers=TrustedIssuers([_ca("Other CA")], builtin=[ca]))
     assert resolve(untrusted, inventory, rules) == ()
 

@@ -57,7 +57,9 @@ class TrustedIssuers:
 
     def __init__(self, trusted: Iterable[x509.Certificate],
                  builtin: Iterable[x509.Certificate] = ()) -> None:
-        builtin_der = {c.public_bytes(serialization.Encoding.DER) for c in builtin}
+        # By key, not by certificate: a leaf that a built-in key signed is the
+        # built-in CA's whichever certificate of that key is found first.
+        builtin_keys = {key_sha256(c) for c in builtin}
         candidates: list[_Candidate] = []
         seen: set[bytes] = set()
         for cert in trusted:
@@ -65,8 +67,9 @@ class TrustedIssuers:
             if der in seen:
                 continue
             seen.add(der)
+            key = key_sha256(cert)
             candidates.append(_Candidate(cert, VerifiedIssuer(
-                cert.subject.rfc4514_string(), key_sha256(cert), der in builtin_der)))
+                cert.subject.rfc4514_string(), key, key in builtin_keys)))
         self._candidates = tuple(candidates)
 
     @classmethod
