@@ -24,7 +24,7 @@ from certgate import __version__
 from certgate.ca.issuance import host_set_name
 from certgate.config.schema import BUILTIN, Config
 from certgate.revocation import parse_crls
-from certgate.runtime import uncovered_hosts
+from certgate.routing import uncovered_hosts
 from certgate.tls.contexts import server_names
 
 log = logging.getLogger("certgate.inventory")

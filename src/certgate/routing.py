@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from certgate.config.schema import ClientAuth, Route
+from certgate.config.schema import ClientAuth, Config, Route
 from certgate.hostnames import HostTable
 
 _STRICTNESS = {ClientAuth.OFF: 0, ClientAuth.OPTIONAL: 1, ClientAuth.REQUIRE: 2}
@@ -87,3 +87,16 @@ class RouteTable:
             return self.default_mode
         entry = self.hosts.lookup(sni)
         return entry.mode if entry is not None else self.default_mode
+
+
+def uncovered_hosts(config: Config, names: Iterable[str]) -> list[str]:
+    """Route hosts that no server certificate name (``names``) covers."""
+    table: HostTable[bool] = HostTable({name: True for name in names}.items())
+    hosts: list[str] = []
+    for route in config.routes:
+        if route.host == "*" or route.host in hosts:
+            continue
+        probe = route.host.replace("*.", "wildcard-probe.", 1)
+        if table.lookup(probe) is None and table.lookup(route.host) is None:
+            hosts.append(route.host)
+    return hosts

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certgate import metrics
 from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
-from certgate.hostnames import HostTable
 from certgate.proxy.upstream import UpstreamPool
 from certgate.revocation import RevocationIndex, load_revocation
 from certgate.roles import resolve as resolve_roles
-from certgate.routing import RouteTable
+from certgate.routing import RouteTable, uncovered_hosts
 from certgate.tls.contexts import (
     ContextSet,
     ServerCertificate,
@@ -190,19 +189,6 @@ class Runtime:
 
 def _count_stale_admission(identity: ClientIdentity) -> None:
     metrics.METRICS.stale_admission(identity.issuer_dn)
-
-
-def uncovered_hosts(config: Config, names: Iterable[str]) -> list[str]:
-    """Route hosts that no server certificate name (``names``) covers."""
-    table: HostTable[bool] = HostTable({name: True for name in names}.items())
-    hosts: list[str] = []
-    for route in config.routes:
-        if route.host == "*" or route.host in hosts:
-            continue
-        probe = route.host.replace("*.", "wildcard-probe.", 1)
-        if table.lookup(probe) is None and table.lookup(route.host) is None:
-            hosts.append(route.host)
-    return hosts
 
 
 def open_builtin_ca(config: Config, notice: Notice, *, create: bool) -> CertificateAuthority | None:
