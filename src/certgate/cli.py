@@ -48,8 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from certgate.config.loader import load_config
+    from certgate.revocation import crl_coverage_warnings
 
     config = load_config(args.config)
+    for warning in crl_coverage_warnings(config):
+        print(f"{args.config}: warning: {warning}")
     print(f"{args.config}: OK ({len(config.routes)} routes, "
           f"{len(config.listen)} listeners)")
     return 0

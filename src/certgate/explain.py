@@ -51,7 +51,14 @@ from certgate.http.target import BadTarget, parse_target
 from certgate.policy import Decision, decide
 from certgate.proxy.admission import Admitted, admit
 from certgate.proxy.client import ConnectionInfo
-from certgate.revocation import STALE_CRL, RevocationError, RevocationIndex, load_revocation
+from certgate.revocation import (
+    STALE_CRL,
+    RevocationError,
+    RevocationIndex,
+    RevocationSources,
+    unchecked_issuers,
+)
+from certgate.revocation_state import STATE_FILE
 from certgate.roles import BuiltinIssuers, read_inventory_roles, resolve
 from certgate.routing import RouteTable
 from certgate.runtime import validity_problem
@@ -194,7 +201,10 @@ def _revocation(config: Config, trust_pem: str) -> RevocationIndex:
             # nothing, and a CRL not written yet revokes nothing.
             paths.append(config.state_dir / "ca" / "crl.pem")
     try:
-        return load_revocation(paths, trust_pem)
+        # The proxy's high-water marks, read only: a rolled-back CRL is
+        # refused here as the proxy refuses it.
+        return RevocationSources(tuple(paths), trust_pem, None,
+                                 config.state_dir / STATE_FILE).load(persist=False)
     except RevocationError as exc:
         raise UsageError(str(exc)) from None
 
@@ -265,8 +275,10 @@ def explain(config: Config, url: str, method: str = "GET",
                                   for a in anchors)
             # Runtime.check_peer's order and rules: profile, validity, revocation
             # (a stale CRL refuses unless stale_crl: allow).
-            refusal = check_client_certificate_profile(identity) or \
-                _revocation(config, trust_pem).check(identity)
+            revocation = _revocation(config, trust_pem)
+            revocation.unchecked = unchecked_issuers(config)
+            ex.add("crl", revocation.governing(identity.issuer_dn))
+            refusal = check_client_certificate_profile(identity) or revocation.check(identity)
             if refusal is STALE_CRL and config.client_auth.stale_crl is StaleCRL.ALLOW:
                 refusal = None
         roles = snapshot.roles_for(identity)
