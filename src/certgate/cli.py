@@ -48,8 +48,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from certgate.config.loader import load_config
+    from certgate.revocation import crl_coverage_warnings
+    from certgate.tls.issuers import issuer_matcher_warnings, read_trusted
 
     config = load_config(args.config)
+    warnings = crl_coverage_warnings(config)
+    warnings += issuer_matcher_warnings(config, read_trusted(config))
+    for warning in warnings:
+        print(f"{args.config}: warning: {warning}")
     print(f"{args.config}: OK ({len(config.routes)} routes, "
           f"{len(config.listen)} listeners)")
     return 0

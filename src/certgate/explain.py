@@ -56,7 +56,13 @@ from certgate.http.target import BadTarget, parse_target
 from certgate.policy import Decision, decide
 from certgate.proxy.admission import Admitted, admit
 from certgate.proxy.client import ConnectionInfo
-from certgate.revocation import RevocationError, RevocationIndex, load_revocation
+from certgate.revocation import (
+    RevocationError,
+    RevocationIndex,
+    RevocationSources,
+    unchecked_issuers,
+)
+from certgate.revocation_state import STATE_FILE
 from certgate.roles import builtin_issued, read_inventory_roles, resolve
 from certgate.routing import RouteTable
 from certgate.tls import openssl
@@ -236,7 +242,10 @@ def _revocation(config: Config, trust_pem: str) -> RevocationIndex:
             # nothing, and a CRL not written yet revokes nothing.
             paths.append(config.state_dir / "ca" / "crl.pem")
     try:
-        return load_revocation(paths, trust_pem)
+        # The proxy's high-water marks, read only: a rolled-back CRL is
+        # refused here as the proxy refuses it.
+        return RevocationSources(tuple(paths), trust_pem, None,
+                                 config.state_dir / STATE_FILE).load(persist=False)
     except RevocationError as exc:
         raise UsageError(str(exc)) from None
 
@@ -314,9 +323,11 @@ def explain(config: Config, url: str, method: str = "GET",
         handshake = _handshake_problem(config, chain, trust_pem, ex)
         if handshake is None:
             # The listener's own post-handshake checks (Runtime.check_peer).
-            refusal = verify_peer(
-                identity, _revocation(config, trust_pem),
-                allow_stale=config.client_auth.stale_crl is StaleCRL.ALLOW)
+            revocation = _revocation(config, trust_pem)
+            revocation.unchecked = unchecked_issuers(config)
+            ex.add("crl", revocation.governing(identity.issuer_dn))
+            refusal = verify_peer(identity, revocation,
+                                  allow_stale=config.client_auth.stale_crl is StaleCRL.ALLOW)
         roles = snapshot.roles_for(identity)
         builtin_roles = inventory.get(identity.serial, ()) if builtin_issued(identity) else ()
         ex.add("roles", f"{', '.join(roles) or 'none'} (built-in inventory: "

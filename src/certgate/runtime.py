@@ -19,7 +19,14 @@ from certgate import metrics
 from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
 from certgate.proxy.upstream import UpstreamPool
-from certgate.revocation import RevocationIndex, load_revocation
+from certgate.revocation import (
+    RevocationIndex,
+    RevocationSources,
+    checked_ca_files,
+    no_crl_warning,
+    uncovered_cas,
+)
+from certgate.revocation_state import STATE_FILE
 from certgate.roles import resolve as resolve_roles
 from certgate.routing import RouteTable, uncovered_hosts
 from certgate.tls.contexts import (
@@ -61,6 +68,7 @@ class Runtime:
         trust_pem: str = "",
         trust_sources: tuple[Path, ...] = (),
         automatic_certificate: ServerCertificate | None = None,
+        revocation_sources: RevocationSources | None = None,
     ) -> None:
         #: The server certificate certgate issued itself for hosts no
         #: configured certificate covers; renewed by a rebuild (see watch.py).
@@ -69,6 +77,7 @@ class Runtime:
         #: What the revocation watcher re-reads (see certgate.watch).
         self.crl_paths = crl_paths
         self.trust_pem = trust_pem
+        self.revocation_sources = revocation_sources or RevocationSources(crl_paths, trust_pem)
         self.config = config
         self.routes = routes
         self.contexts = contexts
@@ -208,8 +217,13 @@ def open_builtin_ca(config: Config, notice: Notice, *, create: bool) -> Certific
     return ca
 
 
-def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
-    """Build a runtime; raises TLSSetupError/CAError/RevocationError naming the file."""
+def build_runtime(config: Config, notice: Notice = log.warning,
+                  previous: RevocationIndex | None = None) -> Runtime:
+    """Build a runtime; raises TLSSetupError/CAError/RevocationError naming the file.
+
+    ``previous``: the revocation index in force (on a reload), so that a CRL
+    its file no longer holds stays in force (see RevocationSources.load).
+    """
     routes = RouteTable(config.routes)
     needs_builtin = config.uses_builtin_ca
     certificates = [read_server_certificate(files) for files in config.tls.certificates]
@@ -222,12 +236,15 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
         automatic = read_server_certificate(CertificateFiles(cert_path, key_path))
         certificates.append(automatic)
     sources: list[Path] = []
+    checked: list[Path] = []  # trusted CAs whose revocation must be checked
     for source in config.client_auth.trusted_cas:
         if source == BUILTIN:
             assert ca is not None
             sources.append(ca.trust_bundle_path)
         else:
             sources.append(Path(source))
+        if source not in config.client_auth.no_crl:
+            checked.append(sources[-1])
     trust_pem = load_trust_bundle(sources) if sources else None
     contexts = ContextSet(certificates, routes.modes_in_use, trust_pem, config.tls)
     crl_paths: list[Path] = []
@@ -239,10 +256,16 @@ def build_runtime(config: Config, notice: Notice = log.warning) -> Runtime:
             crl_paths.append(ca.crl_path)
         else:
             crl_paths.append(Path(source))
-    revocation = load_revocation(crl_paths, trust_pem or "")
+    revocation_sources = RevocationSources(
+        tuple(crl_paths), trust_pem or "",
+        load_trust_bundle(checked) if checked != sources else None,
+        config.state_dir / STATE_FILE)
+    revocation = revocation_sources.load(previous)
+    for path in uncovered_cas(checked_ca_files(config), revocation.covers):
+        log.warning("%s", no_crl_warning(path))
     runtime = Runtime(config, routes, contexts, revocation, ca, crl_paths=tuple(crl_paths),
                       trust_pem=trust_pem or "", trust_sources=tuple(sources),
-                      automatic_certificate=automatic)
+                      automatic_certificate=automatic, revocation_sources=revocation_sources)
     for warning in issuer_matcher_warnings(config, runtime.issuers):
         notice(f"certgate: warning: {warning}")
     return runtime

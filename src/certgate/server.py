@@ -175,6 +175,9 @@ class Worker:
 
     async def _reload(self, loop: asyncio.AbstractEventLoop, from_file: bool) -> bool:
         running = self.current().config
+        # A CRL kept in force because its file stopped holding it must stay
+        # kept across the reload (see RevocationSources.load).
+        in_force = self.current().revocation
 
         def build() -> Runtime:
             config = load_config(self.config_path) if from_file and self.config_path \
@@ -182,7 +185,7 @@ class Worker:
             if config.listen != self.config.listen:
                 log.warning("reload: listen addresses changed; restart certgate to apply "
                             "(the other changes are applied)")
-            return build_runtime(config)
+            return build_runtime(config, previous=in_force)
 
         try:
             runtime = await loop.run_in_executor(None, build)

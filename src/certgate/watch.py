@@ -6,8 +6,10 @@ path is re-resolved each time, so an atomic rename or a Kubernetes-style
 symlink swap is seen.
 
 * Revocation: the CRL files and the built-in CA's inventory database with
-  its WAL. When their signature changes, the CRLs are parsed and verified
-  and the role snapshot is read, still in the thread; the results are
+  its WAL. When their signature changes, the CRLs are parsed, verified and
+  checked against the high-water marks (no rollback; a CRL its file no
+  longer holds stays in force) and the role snapshot is read, still in the
+  thread; the results are
   swapped into the current runtime with plain attribute assignments on the
   event loop, and connections whose certificate is now revoked are closed.
   A CRL that fails to parse or verify changes nothing and is logged with
@@ -34,7 +36,7 @@ from pathlib import Path
 from certgate.ca.authority import SERVER_RENEW_BEFORE
 from certgate.config.schema import StaleCRL
 from certgate.errors import CertgateError
-from certgate.revocation import RevocationIndex, load_revocation
+from certgate.revocation import RevocationIndex
 from certgate.runtime import Runtime
 
 log = logging.getLogger("certgate.watch")
@@ -187,7 +189,10 @@ class RevocationWatcher:
         loop = asyncio.get_running_loop()
 
         def build() -> tuple[RevocationIndex, dict[int, tuple[str, ...]] | None]:
-            index = load_revocation(runtime.crl_paths, runtime.trust_pem)
+            # Reconciled with the index in force: no rollback, and a CRL its
+            # file no longer holds stays (revocation_state); the marks are
+            # saved here too, in this thread.
+            index = runtime.revocation_sources.load(runtime.revocation)
             roles = runtime.ca.inventory_snapshot() if runtime.ca is not None else None
             return index, roles
 

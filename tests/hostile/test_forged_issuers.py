@@ -248,3 +248,12 @@ routes:
     assert [w.split(":")[0] for w in warnings] == ["client_auth.roles[1].match",
                                                    "routes[0].rules[0].deny"]
     assert "issuer:CN=Nobody names no certificate in client_auth.trusted_cas" in warnings[0]
+    # `certgate check` says the same (and still exits 0: it is a warning).
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    checked = subprocess.run([sys.executable, "-m", "certgate", "check", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert "issuer:CN=Nobody names no certificate" in checked.stdout
+    assert "issuer:CN=Also Nobody names no certificate" in checked.stdout
+    assert f"issuer:{PARTNER_DN.rfc4514_string()} names" not in checked.stdout

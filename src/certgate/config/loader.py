@@ -314,26 +314,63 @@ class _ConfigBuilder:
         if m is None:
             return ClientAuthSettings()
 
-        def sources(key: str) -> tuple[str, ...]:
-            out: list[str] = []
-            for i, item in enumerate(r.sequence(m[key], f"client_auth.{key}", allow_scalar=True)):
-                text = r.string(item, f"client_auth.{key}[{i}]")
-                if text == BUILTIN:
-                    out.append(BUILTIN)
-                elif text is not None:
-                    resolved = r.existing_file(item, f"client_auth.{key}[{i}]")
-                    if resolved is not None:
-                        out.append(str(resolved))
-            return tuple(out)
+        def source(item: Node, where: str) -> str | None:
+            text = r.string(item, where)
+            if text == BUILTIN:
+                return BUILTIN
+            resolved = r.existing_file(item, where) if text is not None else None
+            return str(resolved) if resolved is not None else None
 
-        trusted = sources("trusted_cas") if "trusted_cas" in m else (BUILTIN,)
-        if "trusted_cas" in m and not trusted:
-            r.problem(m["trusted_cas"], "client_auth.trusted_cas", "must name at least one CA")
+        def sources(key: str) -> list[str]:
+            items = r.sequence(m[key], f"client_auth.{key}", allow_scalar=True)
+            return [found for i, item in enumerate(items)
+                    if (found := source(item, f"client_auth.{key}[{i}]")) is not None]
+
+        trusted: list[str] = []
+        crls = sources("crls") if "crls" in m else []
+        no_crl: list[str] = []
+        if "trusted_cas" in m:
+            items = r.sequence(m["trusted_cas"], "client_auth.trusted_cas", allow_scalar=True)
+            for i, item in enumerate(items):
+                where = f"client_auth.trusted_cas[{i}]"
+                if not isinstance(item, yaml.MappingNode):
+                    if (found := source(item, where)) is not None:
+                        trusted.append(found)
+                    continue
+                # {file: CA, crl: CRL-FILE | builtin | none}: the CA's CRL
+                # beside it, or an explicit "no CRL" (silences the warning).
+                entry = r.mapping(item, where, {"file", "crl"}, required=("file",))
+                if entry is None or "file" not in entry:
+                    continue
+                ca = source(entry["file"], f"{where}.file")
+                if ca is None:
+                    continue
+                trusted.append(ca)
+                if "crl" not in entry:
+                    continue
+                value = r.scalar(entry["crl"], f"{where}.crl")
+                if value is None and not isinstance(entry["crl"], yaml.ScalarNode):
+                    continue  # not a single value: reported
+                if value == "none":
+                    if ca == BUILTIN:
+                        r.problem(entry["crl"], f"{where}.crl",
+                                  "the built-in CA's CRL is always checked; crl: none is "
+                                  "only for other CAs")
+                    else:
+                        no_crl.append(ca)
+                elif (crl := source(entry["crl"], f"{where}.crl")) is not None:
+                    crls.append(crl)
+            if not trusted:
+                r.problem(m["trusted_cas"], "client_auth.trusted_cas",
+                          "must name at least one CA")
+        else:
+            trusted.append(BUILTIN)
         stale = r.choice(m["stale_crl"], "client_auth.stale_crl", StaleCRL) \
             if "stale_crl" in m else None
         roles = self.role_rules(m["roles"], "client_auth.roles") if "roles" in m else ()
-        return ClientAuthSettings(trusted, sources("crls") if "crls" in m else (),
-                                  stale or StaleCRL.REJECT, roles)
+        return ClientAuthSettings(tuple(dict.fromkeys(trusted)), tuple(dict.fromkeys(crls)),
+                                  stale or StaleCRL.REJECT, roles,
+                                  tuple(dict.fromkeys(no_crl)))
 
     def role_rules(self, node: Node, where: str) -> tuple[RoleRule, ...]:
         """``client_auth.roles``: a list of ``{match: MATCHER | [MATCHER...], roles: [...]}``."""

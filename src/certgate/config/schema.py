@@ -86,11 +86,21 @@ class RoleRule:
 @dataclass(frozen=True, slots=True)
 class ClientAuthSettings:
     trusted_cas: tuple[str, ...] = (BUILTIN,)  # BUILTIN or file paths
+    # CRL sources: BUILTIN or file paths. Trusting BUILTIN always adds
+    # BUILTIN here (see __post_init__): revocation must not be off merely
+    # because a hand-written config left this out (issue #11, finding 0).
     crls: tuple[str, ...] = ()
     stale_crl: StaleCRL = StaleCRL.REJECT
     # Roles for certificates from any trusted CA, added to the built-in
     # inventory's roles (see certgate.roles).
     roles: tuple[RoleRule, ...] = ()
+    # Entries of trusted_cas whose config says ``crl: none``: no CRL, on
+    # purpose, so no warning about it.
+    no_crl: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if BUILTIN in self.trusted_cas and BUILTIN not in self.crls:
+            object.__setattr__(self, "crls", (BUILTIN, *self.crls))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,16 +23,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from certgate.config.schema import Config
+from certgate.config.schema import BUILTIN, Config
 from certgate.matchers import Kind, Matcher
 from certgate.tls.identity import VerifiedIssuer
 
-__all__ = ["TrustedIssuers", "issuer_matcher_warnings", "key_sha256"]
+__all__ = ["TrustedIssuers", "issuer_matcher_warnings", "key_sha256", "read_trusted"]
 
 
 def key_sha256(cert: x509.Certificate) -> str:
@@ -99,6 +100,24 @@ class TrustedIssuers:
         return None
 
     __call__ = find
+
+
+def read_trusted(config: Config) -> TrustedIssuers:
+    """The trusted CA files as they are on disk now, without building a runtime
+    (for ``certgate check``); a file that cannot be read contributes nothing
+    (the runtime build names it)."""
+    trusted: list[x509.Certificate] = []
+    builtin: list[x509.Certificate] = []
+    for source in config.client_auth.trusted_cas:
+        path = config.state_dir / "ca" / "bundle.pem" if source == BUILTIN else Path(source)
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        trusted += certs
+        if source == BUILTIN:
+            builtin += certs
+    return TrustedIssuers(trusted, builtin)
 
 
 def issuer_matcher_warnings(config: Config, issuers: TrustedIssuers) -> list[str]:
