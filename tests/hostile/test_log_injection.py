@@ -133,8 +133,9 @@ def test_json_lines_keep_exact_values(start_certgate, upstream, pki, rogue, tmp_
     assert [e["status"] for e in entries][:2] == [200, 403]
 
 
+# No lone surrogates: certificate and request text never holds one.
 TEXT = st.text(alphabet=st.one_of(st.sampled_from(list('"\\ -[]=\r\n\x00\x7f')),
-                                  st.characters()), max_size=30)
+                                  st.characters(exclude_categories=("Cs",))), max_size=30)
 
 
 @given(cn=TEXT, path=TEXT, host=TEXT, method=TEXT, reason=TEXT)
