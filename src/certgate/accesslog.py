@@ -18,7 +18,7 @@ import queue
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import h11
 
@@ -32,6 +32,54 @@ if TYPE_CHECKING:
 # Lines held while the writer is behind: about 10 s of a busy home proxy,
 # a few MB at most.
 QUEUE_LINES = 10_000
+
+
+# Combined-format escaping, as nginx escapes log variables (``\xHH``, upper
+# case hex): every byte outside visible ASCII, and ``"`` and ``\`` so an
+# escape can always be told from the text and no value can close a quoted
+# field. Unquoted fields also escape the space that separates them.
+_QUOTED_RAW = frozenset(range(0x20, 0x7F)) - {ord('"'), ord("\\")}
+_FIELD_RAW = _QUOTED_RAW - {ord(" ")}
+
+
+def _escape(value: object, raw: frozenset[int]) -> str:
+    data = str(value).encode("utf-8", "surrogatepass")
+    if all(b in raw for b in data):
+        return data.decode("ascii")
+    return "".join(chr(b) if b in raw else f"\\x{b:02X}" for b in data)
+
+
+def field(value: object) -> str:
+    """An unquoted combined-format field: ``-`` when empty, else escaped."""
+    if value is None or value == "":
+        return "-"
+    return _escape(value, _FIELD_RAW)
+
+
+def quoted(value: object) -> str:
+    """The inside of a double-quoted combined-format field, escaped."""
+    return _escape(value, _QUOTED_RAW)
+
+
+def combined_line(entry: dict[str, Any]) -> str:
+    """One combined-style line; every field escaped, so exactly one line.
+
+    ``CLIENT - CN [TIME] "METHOD PATH HTTP/1.1" STATUS BYTES host=.. serial=..
+    fp=.. dur_ms=.. upstream=..`` and, for refusals, ``reason="..."``. A
+    field reads back by replacing each ``\\xHH`` with its byte (UTF-8).
+    """
+    # METHOD and PATH are fields themselves (no raw space, quote or
+    # backslash), so the quoted request needs no second escaping.
+    request = f"{field(entry['method'])} {field(entry['path'])} HTTP/1.1"
+    line = (
+        f"{field(entry['client_ip'])} - {field(entry['cn'])} [{field(entry['time'])}] "
+        f"\"{request}\" {field(entry['status'])} {field(entry['bytes_out'])} "
+        f"host={field(entry['host'])} serial={field(entry['serial'])} "
+        f"fp={field(entry['fingerprint'])} dur_ms={field(entry['duration_ms'])} "
+        f"upstream={field(entry['upstream'])}"
+    )
+    reason = entry.get("reason")
+    return line + (f' reason="{quoted(reason)}"' if reason else "")
 
 
 class AccessLogger:
@@ -114,14 +162,7 @@ class AccessLogger:
         if self.settings.format is LogFormat.JSON:
             line = json.dumps(entry, separators=(",", ":"))
         else:
-            line = (
-                f'{entry["client_ip"]} - {entry["cn"] or "-"} [{entry["time"]}] '
-                f'"{entry["method"] or "-"} {path} HTTP/1.1" {status} {bytes_out} '
-                f'host={entry["host"] or "-"} serial={entry["serial"] or "-"} '
-                f'fp={entry["fingerprint"] or "-"} dur_ms={entry["duration_ms"]} '
-                f'upstream={entry["upstream"] or "-"}'
-                + (f' reason="{reason}"' if reason else "")
-            )
+            line = combined_line(entry)
         try:
             self._queue.put_nowait(line + "\n")
         except queue.Full:

@@ -317,7 +317,7 @@ def explain(config: Config, url: str, method: str = "GET",
         ex.add("subject", identity.dn or "(empty)")
         ex.add("issuer", _issuer_text(identity))
         ex.add("fingerprint", identity.fingerprint)
-        ex.add("sans", ", ".join(identity.sans) or "none")
+        ex.add("sans", identity.sans_header or "none")
         for note in notes:
             ex.add("note", f"trusted CA not readable: {note}")
         handshake = _handshake_problem(config, chain, trust_pem, ex)

@@ -30,7 +30,7 @@ def test_sign_csr_key_stays_on_device(
     ca: CertificateAuthority, cli: Callable[..., Result], tmp_path: Path, out_dir: Path
 ) -> None:
     csr = make_csr(tmp_path, "watch", "subjectAltName=email:watch@example.com")
-    result = cli("sign", csr, "--role", "viewer", "--out", out_dir)
+    result = cli("sign", csr, "--role", "viewer", "--email", "watch@example.com", "--out", out_dir)
     assert result.code == 0, result.err
     crt = out_dir / "watch.crt"
     assert not (out_dir / "watch.key").exists()

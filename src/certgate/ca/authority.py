@@ -10,6 +10,7 @@ WAL mode lets them run while an operation writes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,8 @@ from certgate.ca.profiles import (
     CLIENT_LIFETIME,
     SERVER_LIFETIME,
     check_csr,
+    check_csr_sans,
+    check_csr_subject,
     client_sans,
     common_name,
     csr_common_name,
@@ -176,8 +179,25 @@ class CertificateAuthority:
         days: int | None = None,
         hours: int | None = None,
         out_dir: Path | None = None,
+        email: str | Sequence[str] | None = None,
+        uri: str | Sequence[str] | None = None,
+        dns: str | Sequence[str] | None = None,
     ) -> IssuedCertificate:
-        """Sign a client CSR (PEM or DER); only its subject, SANs and key are used."""
+        """Sign a client CSR (PEM or DER) for the CSR's key, on the CA's terms.
+
+        The CA decides what the certificate says, exactly as for
+        :meth:`issue_client`: the subject is ``CN=<name>`` (``name``, by
+        default the CSR's common name, must pass :func:`check_name`) and the
+        SANs are those of ``email``/``uri``/``dns``, validated as for
+        ``ca issue``. The CSR contributes its key only. A CSR SAN that the
+        command line does not name exactly, or a subject with control
+        characters, refuses the CSR (nothing is written); other subject
+        attributes are not copied and are reported in ``csr_subject``.
+
+        Raises:
+            CAError: unparsable CSR, bad signature, or rights it may not have.
+            UsageError: a hostile or not-allowed subject, name or SAN.
+        """
         try:
             if b"-----BEGIN" in csr_data:
                 csr = x509.load_pem_x509_csr(csr_data)
@@ -186,22 +206,26 @@ class CertificateAuthority:
         except ValueError as exc:
             raise CAError(f"not a certificate signing request: {exc}") from None
         contents = check_csr(csr)
+        check_csr_subject(contents.subject)
         chosen = name or csr_common_name(contents.subject)
         if not chosen:
             raise UsageError("the CSR has no common name; give --name")
+        sans = client_sans(_many(email), _many(uri), _many(dns))
+        check_csr_sans(contents.sans, sans)
         request = Request(
             op="sign",
             name=check_name(chosen),
             kind="client",
-            subject=contents.subject,
-            sans=contents.sans,
+            subject=common_name(chosen),
+            sans=sans,
             lifetime=lifetime(days, hours, CLIENT_LIFETIME),
             roles=tuple(roles),
             public_key=contents.public_key,
         )
         render = issuance.client_files(Delivery(out_dir)) if out_dir else lambda _issued: []
         with self.session() as s:
-            return issuance.issue(s, request, render)
+            issued = issuance.issue(s, request, render)
+        return dataclasses.replace(issued, csr_subject=contents.subject.rfc4514_string())
 
     def issue_server(
         self,

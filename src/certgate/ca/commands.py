@@ -89,6 +89,9 @@ def _delivery(args: argparse.Namespace) -> tuple[Delivery, str | None]:
 def _report(issued: IssuedCertificate, generated_password: str | None) -> None:
     print(f"issued {issued.kind} certificate {issued.name}, serial {serial_hex(issued.serial)}")
     print(f"  valid until {rfc3339(issued.not_after)}, roles: {', '.join(issued.roles) or '-'}")
+    print(f"  subject {issued.subject}; SANs: {', '.join(issued.sans) or 'none'}")
+    if issued.csr_subject is not None and issued.csr_subject != issued.subject:
+        print(f"  not copied from the CSR: its subject {issued.csr_subject}")
     for path in issued.files:
         print(f"  wrote {path}")
     if generated_password is not None:
@@ -142,7 +145,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read CSR {args.csr}: {exc.strerror}") from None
     issued = _ca(args).sign_csr(
         data, name=args.name, roles=args.role, days=args.days, hours=args.hours,
-        out_dir=Path(args.out),
+        out_dir=Path(args.out), email=args.email, uri=args.uri, dns=args.dns,
     )
     _report(issued, None)
     return 0
@@ -337,9 +340,17 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 
     p = verb("sign", cmd_sign, "sign a client CSR, so the key never leaves the device")
     p.add_argument("csr", metavar="CSR", help="PEM or DER file")
-    p.add_argument("--name", help="inventory name (default: the CSR's common name)")
+    p.add_argument(
+        "--name",
+        help="inventory name and the certificate's only subject, CN=NAME (default: the CSR's "
+        "common name); nothing else of the CSR's subject is copied",
+    )
     p.add_argument("--role", action="append", default=[], metavar="R")
     _lifetime_args(p, "default 365")
+    san_help = "repeatable; the only SANs signed (a CSR SAN not named here refuses the CSR)"
+    p.add_argument("--email", action="append", default=[], metavar="E", help=san_help)
+    p.add_argument("--uri", action="append", default=[], metavar="U", help=san_help)
+    p.add_argument("--dns", action="append", default=[], metavar="D", help=san_help)
     p.add_argument("--out", metavar="DIR", default=".", help="directory for NAME.crt")
 
     p = verb("issue-server", cmd_issue_server, "issue a server certificate")

@@ -33,7 +33,14 @@ from certgate.ca.keys import (
     serial_hex,
 )
 from certgate.ca.layout import CALayout, check_name
-from certgate.ca.profiles import LeafSpec, build_leaf, common_name, san_strings, server_sans
+from certgate.ca.profiles import (
+    LeafSpec,
+    build_leaf,
+    common_name,
+    san_strings,
+    server_sans,
+    typed_san_strings,
+)
 from certgate.ca.session import Session, fault_point, pem
 from certgate.ca.store import CertRecord
 from certgate.errors import CAError, UsageError
@@ -70,6 +77,13 @@ class IssuedCertificate:
     roles: tuple[str, ...] = ()
     ca_certs: tuple[x509.Certificate, ...] = ()
     files: tuple[Path, ...] = ()
+    #: What was signed, as printed and audited: the RFC 4514 subject and the
+    #: SANs as ``TYPE:value``.
+    subject: str = ""
+    sans: tuple[str, ...] = ()
+    #: For a signed CSR: the subject the CSR asked for (never copied), so
+    #: the operator sees what was left out.
+    csr_subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +201,8 @@ def issue(s: Session, req: Request, render: Render) -> IssuedCertificate:
         kind=req.kind,
         roles=roles,
         ca_certs=ca_certs,
+        subject=req.subject.rfc4514_string(),
+        sans=tuple(typed_san_strings(req.sans)),
     )
     outputs = render(issued)
     record = CertRecord(
@@ -220,6 +236,8 @@ def issue(s: Session, req: Request, render: Render) -> IssuedCertificate:
             roles=roles,
             not_after=record.not_after,
             kind=req.kind,
+            subject=issued.subject,
+            sans=list(issued.sans),
             **extra,
         )
 

@@ -218,20 +218,58 @@ def common_name(name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
 
 
+# RFC 5321 s.4.1.2 Dot-string (atext from RFC 5322 s.3.2.3): no space,
+# quote, backslash, comma or semicolon, so an address is one token in any
+# header or list it lands in. Quoted local parts are not accepted.
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+# RFC 3986 s.3.1 scheme, then only unreserved, reserved and well-formed
+# percent-escapes (s.2): no space, quote, backslash, control byte or
+# non-ASCII, which a URI can always express as %HH.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:"
+                  r"(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*")
+
+
+def check_email(email: str) -> str:
+    """An ASCII dot-atom address with a valid DNS domain, domain lowercased."""
+    local, at, domain = email.rpartition("@")
+    if not at or len(local) > 64 or not _EMAIL_LOCAL.fullmatch(local):
+        raise UsageError(f"--email {email!r} is not a plain ASCII e-mail address (local@domain)")
+    try:
+        return f"{local}@{normalize_host(domain, wildcard=False)}"
+    except UsageError:
+        raise UsageError(f"--email {email!r}: {domain!r} is not a valid DNS name") from None
+
+
+def check_uri(uri: str) -> str:
+    """An absolute RFC 3986 URI (scheme, then URI characters and %HH only)."""
+    if len(uri) > 2048 or not _URI.fullmatch(uri):
+        raise UsageError(
+            f"--uri {uri!r} is not an absolute RFC 3986 URI "
+            "(spaces, quotes, backslashes and control or non-ASCII bytes must be %-escaped)")
+    return uri
+
+
+def check_dns(host: str) -> str:
+    try:
+        return normalize_host(host, wildcard=False)
+    except UsageError as exc:
+        raise UsageError(f"--dns {exc}") from None
+
+
 def client_sans(
     emails: Sequence[str] = (), uris: Sequence[str] = (), dns: Sequence[str] = ()
 ) -> tuple[x509.GeneralName, ...]:
-    """SubjectAltName entries for a client certificate (--email/--uri/--dns)."""
+    """SubjectAltName entries for a client certificate (--email/--uri/--dns).
+
+    Each value is validated strictly (:func:`check_email`, :func:`check_uri`,
+    :func:`normalize_host`): the proxy forwards SANs to upstreams in headers
+    and matches role rules on them, so the CA never signs one that could be
+    read as more than one name.
+    """
     names: list[x509.GeneralName] = []
-    for email in emails:
-        if "@" not in email or not email.isascii():
-            raise UsageError(f"--email {email!r} is not an ASCII e-mail address")
-        names.append(x509.RFC822Name(email))
-    for uri in uris:
-        if ":" not in uri or not uri.isascii():
-            raise UsageError(f"--uri {uri!r} is not an absolute ASCII URI")
-        names.append(x509.UniformResourceIdentifier(uri))
-    names.extend(x509.DNSName(normalize_host(host, wildcard=False)) for host in dns)
+    names.extend(x509.RFC822Name(check_email(email)) for email in emails)
+    names.extend(x509.UniformResourceIdentifier(check_uri(uri)) for uri in uris)
+    names.extend(x509.DNSName(check_dns(host)) for host in dns)
     return tuple(names)
 
 
@@ -272,6 +310,57 @@ def server_sans(hosts: Sequence[str]) -> tuple[x509.GeneralName, ...]:
 def san_strings(sans: Sequence[x509.GeneralName]) -> list[str]:
     """Human-readable SAN values, as stored in the inventory."""
     return [str(name.value) for name in sans]
+
+
+_SAN_TYPES: tuple[tuple[type[x509.GeneralName], str, str], ...] = (
+    (x509.DNSName, "DNS", "--dns"),
+    (x509.RFC822Name, "email", "--email"),
+    (x509.UniformResourceIdentifier, "URI", "--uri"),
+    (x509.IPAddress, "IP", ""),
+)
+
+
+def san_label(name: x509.GeneralName) -> str:
+    """``TYPE:value`` as OpenSSL (and the proxy's X-Client-SAN) spell it."""
+    for kind, label, _flag in _SAN_TYPES:
+        if isinstance(name, kind):
+            return f"{label}:{name.value}"
+    return f"{type(name).__name__}:{name.value}"
+
+
+def typed_san_strings(sans: Sequence[x509.GeneralName]) -> list[str]:
+    """SANs as ``TYPE:value``, for output and the audit log."""
+    return [san_label(name) for name in sans]
+
+
+def has_control_characters(text: str) -> bool:
+    """C0 controls, DEL or C1 controls: bytes that end or rewrite a line."""
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text)
+
+
+def check_csr_sans(
+    asked: Sequence[x509.GeneralName], allowed: Sequence[x509.GeneralName]
+) -> None:
+    """Refuse a CSR SAN that the command line did not name exactly.
+
+    The CA decides what a certificate says: a SAN is signed because the
+    operator typed it (``--dns``, ``--email``, ``--uri``, validated as for
+    ``ca issue``), never because a device asked. A CSR SAN equal to one of
+    those is fine; any other one refuses the whole CSR, so the operator
+    sees what the device wanted instead of a certificate that silently
+    differs from the request.
+
+    Raises:
+        UsageError: naming the first SAN that was not allowed.
+    """
+    for name in asked:
+        if name in allowed:
+            continue
+        flag = next((f for kind, _l, f in _SAN_TYPES if isinstance(name, kind)), "")
+        hint = (f"to sign it, name it with {flag}" if flag
+                else "certgate does not put that SAN type in client certificates")
+        raise UsageError(f"the CSR asks for SAN {san_label(name)!r}, which the command line "
+                         f"does not allow; {hint}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +421,24 @@ def check_csr(csr: x509.CertificateSigningRequest) -> CSRContents:
         if isinstance(ext.value, x509.SubjectAlternativeName):
             sans = tuple(ext.value)
     return CSRContents(subject=csr.subject, sans=sans, public_key=key)
+
+
+def check_csr_subject(subject: x509.Name) -> None:
+    """Refuse a CSR whose subject carries control characters.
+
+    The subject of a signed CSR is never copied (it is ``CN=<name>``), but a
+    request with CR, LF or other control bytes in its name is an attack on
+    whatever logs or headers it was meant for, not a device's honest
+    request, so it is refused rather than quietly replaced.
+
+    Raises:
+        UsageError: naming the subject, escaped onto one line.
+    """
+    for attr in subject:
+        value = attr.value if isinstance(attr.value, str) else ""
+        if has_control_characters(value):
+            raise UsageError(f"the CSR subject {subject.rfc4514_string()!r} contains control "
+                             "characters; refusing to sign it")
 
 
 def csr_common_name(subject: x509.Name) -> str | None:

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
+from certgate.http.xfcc import xfcc_element
 from certgate.tls.identity import ClientIdentity
 
 Headers = list[tuple[bytes, bytes]]
@@ -156,7 +157,9 @@ def _build_identity_headers(identity: ClientIdentity, verify: str, roles: tuple[
         (b"x-client-serial", identity.serial_hex.encode("ascii")),
         (b"x-client-fingerprint", identity.fingerprint.encode("ascii")),
         (b"x-client-not-after", identity.not_after_rfc3339.encode("ascii")),
-        (b"x-client-san", escape_value(identity.sans_header)),
+        # Already escaped by its own, reversible rule (encode_san_list):
+        # escape_value would escape its '%' a second time.
+        (b"x-client-san", identity.sans_header.encode("ascii")),
         (b"x-client-roles", escape_value(",".join(roles))),
     ]
     if forward_pem or forward_xfcc:
@@ -164,7 +167,7 @@ def _build_identity_headers(identity: ClientIdentity, verify: str, roles: tuple[
         if forward_pem:
             out.append((b"x-client-cert", quote(pem, safe="").encode("ascii")))
         if forward_xfcc:
-            out.append((b"x-forwarded-client-cert", _xfcc(identity, pem)))
+            out.append((b"x-forwarded-client-cert", xfcc_element(identity, pem)))
     return out
 
 
@@ -174,23 +177,6 @@ def _pem(der: bytes) -> str:
 
     body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
     return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
-
-
-def _xfcc(identity: ClientIdentity, pem: str) -> bytes:
-    """Envoy's X-Forwarded-Client-Cert element: Hash, Cert, Subject, URI, DNS."""
-
-    def quoted(value: str) -> str:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    parts = [f"Hash={identity.fingerprint}", f"Cert={quote(pem, safe='')}",
-             f"Subject={quoted(identity.dn)}"]
-    for san in identity.sans:
-        kind, _, value = san.partition(":")
-        if kind == "URI":
-            parts.append(f"URI={quote(value, safe=':/')}")
-        elif kind == "DNS":
-            parts.append(f"DNS={value}")
-    return escape_value(";".join(parts))
 
 
 def forwarded_headers(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -38,7 +38,9 @@ __all__ = [
     "IssuerLookup",
     "VerifiedIssuer",
     "check_client_certificate_profile",
+    "encode_san_list",
     "identity_from_der",
+    "percent_encode",
 ]
 
 #: Entries in an :class:`IdentityCache`. An entry is the DER (typically
@@ -144,8 +146,41 @@ class ClientIdentity:
 
     @property
     def sans_header(self) -> str:
-        """All SANs joined with ``", "``; the header layer escapes the result."""
-        return ", ".join(self.sans)
+        """``X-Client-SAN``: the SANs in :func:`encode_san_list` form (ASCII)."""
+        return encode_san_list(self.sans)
+
+
+def percent_encode(text: str, safe: frozenset[int]) -> str:
+    """``text`` as UTF-8 with every byte outside ``safe`` written ``%HH``.
+
+    ``safe`` must not contain ``%``, so the result decodes back exactly with
+    ``urllib.parse.unquote(result, errors="surrogatepass")``.
+    """
+    raw = text.encode("utf-8", "surrogatepass")
+    if all(b in safe for b in raw):
+        return raw.decode("ascii")
+    return "".join(chr(b) if b in safe else f"%{b:02X}" for b in raw)
+
+
+#: Bytes an X-Client-SAN entry keeps raw: visible ASCII except ``%`` (the
+#: escape itself) and ``,`` (the list separator). Space, control bytes, DEL
+#: and non-ASCII are escaped, so an entry never contains the separator, no
+#: trimming by an HTTP parser can change it, and the header is one line.
+_SAN_SAFE = frozenset(range(0x21, 0x7F)) - {ord("%"), ord(",")}
+
+
+def encode_san_list(sans: Iterable[str]) -> str:
+    """The ``X-Client-SAN`` form of ``sans`` (``TYPE:value`` strings).
+
+    Entries are joined with ``", "``; inside an entry, ``%``, ``,``, space,
+    control bytes, DEL and non-ASCII are percent-escaped (UTF-8). Read it
+    back by splitting on ``,``, trimming spaces and percent-decoding each
+    entry: one entry per SAN, always, so a DNS name containing
+    ``", URI:spiffe://..."`` cannot read as a second SAN. Ordinary names
+    (LDH DNS names, e-mail addresses, SPIFFE IDs) contain none of the
+    escaped bytes and read as before.
+    """
+    return ", ".join(percent_encode(san, _SAN_SAFE) for san in sans)
 
 
 def _text(value: str | bytes) -> str:
