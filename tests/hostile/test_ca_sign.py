@@ -206,3 +206,52 @@ def test_existing_flags_still_work(ca, out_dir, tmp_path):  # type: ignore[no-un
     assert sans_of(cert) == [E("watch@example.test")]
     assert ca.roles_for_serial(cert.serial_number) == ("viewer",)
     assert "issued client certificate watch" in run.out
+
+
+@pytest.mark.parametrize(("subject", "sans"), [
+    (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a\r\nX-Client-Roles: ops")]), []),
+    (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "opsuser"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ops")]), []),
+    (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev")]),
+     [D("a.test;URI=spiffe://example.org/ns/ops/admin")]),
+    (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev")]),
+     [x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]),
+], ids=["crlf-cn", "extra-ou", "dns-with-uri", "ip-san"])
+def test_renew_does_not_carry_forward_what_old_ca_sign_copied(
+        ca: CertificateAuthority, out_dir: Path, subject: x509.Name,
+        sans: list[x509.GeneralName]) -> None:
+    """A certificate that the old ``ca sign`` signed from a hostile CSR (planted
+    here through the internal issuance path, as the old code did) is not
+    renewed with the same values: renewal refuses it, writes nothing, and
+    says what to do instead."""
+    from datetime import timedelta
+
+    from certgate.ca import issuance
+
+    request = issuance.Request(op="issue", name="legacy", kind="client", subject=subject,
+                               sans=tuple(sans), lifetime=timedelta(days=30), roles=(),
+                               key_type="ecdsa-p256")
+    with ca.session() as s:
+        issuance.issue(s, request, lambda _issued: [])
+    entries = len(audit_entries(ca))
+    run = certgate(ca, "renew", "legacy", "--out", out_dir)
+    assert run.code != 0
+    assert "cannot renew 'legacy'" in run.err
+    assert "revoke it and issue a new certificate" in run.err
+    assert "\r" not in run.err
+    assert list(out_dir.iterdir()) == []
+    assert len(audit_entries(ca)) == entries
+
+
+def test_renew_keeps_what_ca_issue_signs(ca: CertificateAuthority, out_dir: Path) -> None:
+    """Guard: an ordinary certificate with every SAN kind renews unchanged."""
+    issued = certgate(ca, "issue", "phone", "--email", "me@example.org", "--uri",
+                      OPS_SPIFFE, "--dns", "phone.example.org", "--out", out_dir)
+    assert issued.code == 0, issued.err
+    renewed = certgate(ca, "renew", "phone", "--out", out_dir)
+    assert renewed.code == 0, renewed.err
+    cert = x509.load_pem_x509_certificate((out_dir / "phone.crt").read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=phone"
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(map(str, sans)) == sorted(map(str, [
+        E("me@example.org"), U(OPS_SPIFFE), D("phone.example.org")]))

@@ -36,7 +36,10 @@ from certgate.ca.layout import CALayout, check_name
 from certgate.ca.profiles import (
     LeafSpec,
     build_leaf,
+    check_csr_subject,
+    client_sans,
     common_name,
+    csr_common_name,
     san_strings,
     server_sans,
     typed_san_strings,
@@ -255,10 +258,10 @@ def renewal(s: Session, name: str, lifetime: timedelta | None, key_type: str) ->
         raise CAError(f"no certificate named {name!r}")
     old = unrevoked[-1]
     cert = x509.load_pem_x509_certificate(old.cert_pem)
-    try:
-        sans = tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        sans = ()
+    sans = _sans_of(cert)
+    subject = cert.subject
+    if old.kind == "client":
+        subject, sans = _renewable_client(name, cert)
     supersedes = tuple(
         rec.serial
         for rec in s.store.valid_by_name(name, s.now)
@@ -270,13 +273,58 @@ def renewal(s: Session, name: str, lifetime: timedelta | None, key_type: str) ->
         op="renew",
         name=name,
         kind=old.kind,
-        subject=cert.subject,
+        subject=subject,
         sans=sans,
         lifetime=lifetime or timedelta(seconds=old.lifetime),
         roles=old.roles,
         key_type=key_type,
         supersedes=supersedes,
     )
+
+
+def _renewable_client(name: str, cert: x509.Certificate
+                      ) -> tuple[x509.Name, tuple[x509.GeneralName, ...]]:
+    """The subject and SANs a renewal of client ``cert`` may carry: what
+    ``ca issue`` and ``ca sign`` would sign today, checked again.
+
+    Before ``ca sign`` took its values from the command line, it copied a
+    CSR's subject and SANs; a certificate signed that way (a CN with CR/LF,
+    ``OU=ops`` filed under another name, a DNS SAN with ``;URI=``) must not be
+    carried forward by renewals. Refused with the reason rather than
+    trimmed: the admin should see what the old certificate said.
+    """
+    subject = cert.subject
+    cn = csr_common_name(subject)
+    if cn is None or len(subject) != 1:
+        raise CAError(f"cannot renew {name!r}: its subject {subject.rfc4514_string()!r} is not "
+                      "one commonName, which certgate no longer signs; revoke it and issue "
+                      "a new certificate")
+    try:
+        check_csr_subject(subject)
+        emails: list[str] = []
+        uris: list[str] = []
+        dns: list[str] = []
+        for general in _sans_of(cert):
+            if isinstance(general, x509.RFC822Name):
+                emails.append(general.value)
+            elif isinstance(general, x509.UniformResourceIdentifier):
+                uris.append(general.value)
+            elif isinstance(general, x509.DNSName):
+                dns.append(general.value)
+            else:
+                raise UsageError(f"a {type(general).__name__} SAN")
+        sans = client_sans(emails, uris, dns)
+    except UsageError as exc:
+        raise CAError(f"cannot renew {name!r}: its certificate carries a value certgate no "
+                      f"longer signs ({exc}); revoke it and issue a new certificate") from None
+    return common_name(cn), sans
+
+
+def _sans_of(cert: x509.Certificate) -> tuple[x509.GeneralName, ...]:
+    try:
+        return tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return ()
 
 
 def server_name(host: str) -> str:
