@@ -47,5 +47,8 @@ def whoami_response(
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode("ascii")),
         (b"cache-control", b"no-store"),
+        # Without it a browser may sniff the JSON (which carries certificate
+        # fields a client chose) as HTML.
+        (b"x-content-type-options", b"nosniff"),
     ]
     return h11.Response(status_code=200, headers=headers), body

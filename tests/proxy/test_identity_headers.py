@@ -65,17 +65,27 @@ def test_spoofed_identity_headers_are_stripped(proxy, pki, who):
         assert headers["x-client-roles"] == "ops"
 
 
-def test_connection_header_cannot_remove_certgate_headers(proxy, pki):
+def test_connection_header_removes_hop_by_hop_extras(proxy, pki):
     with Connection(proxy.port, pki.context("alice")) as conn:
         response = conn.request("GET", "/echo", headers=[
-            ("Connection", "X-Client-CN, X-Client-Verify, X-Forwarded-For, X-Custom"),
+            ("Connection", "X-Custom, keep-alive"),
             ("X-Custom", "hop-by-hop by request"),
             ("Keep-Alive", "timeout=5"),
         ])
     headers = dict(_seen_headers(response.body))
     assert headers["x-client-cn"] == "alice"
-    assert headers["x-client-verify"] == "SUCCESS"
-    assert headers["x-forwarded-for"] == "127.0.0.1"
     assert "x-custom" not in headers
     assert "keep-alive" not in headers
     assert "connection" not in headers
+
+
+@pytest.mark.parametrize("listed", ["X-Client-CN", "X-Client-Verify", "X-Forwarded-For"])
+def test_connection_header_naming_certgate_headers_is_refused(proxy, pki, upstream, listed):
+    """Connection may not name a header certgate sets (issue #11 finding 8):
+    refused with 400 rather than silently ignored."""
+    before = len(upstream.requests)
+    with Connection(proxy.port, pki.context("alice")) as conn:
+        response = conn.request("GET", "/echo", headers=[("Connection", f"{listed}, X-Custom")])
+    assert response.status == 400
+    assert f"Connection header names {listed.lower()}".encode() in response.body
+    assert len(upstream.requests) == before

@@ -33,3 +33,13 @@ def test_whoami_without_certificate_on_optional_route(start_certgate, pki):
     with Connection(proxy.port, pki.context(), timeout=5) as conn:
         doc = json.loads(conn.request("GET", "/").body)
     assert doc == {"verified": False, "route": "localhost/", "host": "localhost", "path": "/"}
+
+
+def test_whoami_is_not_sniffed(start_certgate, pki):
+    """The JSON carries certificate fields a client chose: a browser must not
+    read it as HTML (issue #11 finding 8)."""
+    proxy = start_certgate(CONFIG)
+    with Connection(proxy.port, pki.context(), timeout=5) as conn:
+        response = conn.request("GET", "/")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-type"] == "application/json"

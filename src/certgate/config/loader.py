@@ -42,12 +42,14 @@ from certgate.config.schema import (
 )
 from certgate.errors import ConfigError
 from certgate.hostnames import InvalidHost, normalise_host, normalise_pattern
+from certgate.http import headers
 from certgate.matchers import Matcher, MatcherError, check_role_name, parse_matcher
 from certgate.tls.contexts import TLSSetupError, read_server_certificate
 
 T = TypeVar("T")
 Node = yaml.Node
 
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 s.5.6.2 token
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -457,7 +459,8 @@ class _ConfigBuilder:
     def route(self, node: Node, where: str) -> Route | None:
         r = self.r
         keys = {"host", "path", "upstream", "upstream_tls", "client_auth", "rules", "allow",
-                "deny", "timeouts", "max_body", "forward_client_cert", "trust_forwarded"}
+                "deny", "timeouts", "max_body", "forward_client_cert", "trust_forwarded",
+                "pass_headers"}
         m = r.mapping(node, where, keys, required=("host", "upstream"))
         if m is None or "host" not in m or "upstream" not in m:
             return None
@@ -498,9 +501,36 @@ class _ConfigBuilder:
         if "trust_forwarded" in m:
             values["trust_forwarded"] = bool(
                 r.boolean(m["trust_forwarded"], f"{where}.trust_forwarded"))
+        if "pass_headers" in m:
+            values["pass_headers"] = self.pass_headers(m["pass_headers"], f"{where}.pass_headers")
         if host is None or upstream is None:
             return None
         return Route(host=host, upstream=upstream, path=path, **values)
+
+    def pass_headers(self, node: Node, where: str) -> frozenset[bytes]:
+        """Names of stripped gateway headers a route lets through from clients."""
+        r = self.r
+        out: set[bytes] = set()
+        for i, item in enumerate(r.sequence(node, where, allow_scalar=True)):
+            here = f"{where}[{i}]"
+            text = r.string(item, here)
+            if text is None:
+                continue
+            if not _TOKEN.match(text):
+                r.problem(item, here, f"{text!r} is not a header name")
+                continue
+            name = headers.folded(text.encode("ascii"))
+            if headers.is_own_header(name):
+                r.problem(item, here, f"{text} is set by certgate itself (X-Client-*, "
+                                      "X-Forwarded-*, XFCC) and never taken from a client")
+            elif name in headers.HOP_BY_HOP or name in {b"host", b"content-length"}:
+                r.problem(item, here, f"{text} is not an end-to-end header that can be passed")
+            elif not headers.is_spoofable_header(name):
+                r.problem(item, here, f"{text} is not a header certgate strips, so there is "
+                                      "nothing to pass: remove it")
+            else:
+                out.add(name)
+        return frozenset(out)
 
     def host_pattern(self, node: Node, where: str) -> str | None:
         text = self.r.string(node, where)
@@ -568,11 +598,19 @@ class _ConfigBuilder:
 
     def timeouts(self, node: Node, where: str) -> Timeouts:
         r = self.r
-        m = r.mapping(node, where, {"connect", "read", "pool_idle", "tunnel_idle"})
+        m = r.mapping(node, where, {"connect", "read", "pool_idle", "tunnel_idle",
+                                    "body_min_rate", "body_rate_window"})
         if m is None:
             return Timeouts()
-        values = {key: value for key in m
-                  if (value := r.duration(m[key], f"{where}.{key}")) is not None}
+        values: dict[str, Any] = {
+            key: value for key in m if key != "body_min_rate"
+            and (value := r.duration(m[key], f"{where}.{key}")) is not None}
+        if "body_min_rate" in m:
+            rate = r.scalar(m["body_min_rate"], f"{where}.body_min_rate")
+            if rate in (0, "0", "off", False):
+                values["body_min_rate"] = 0
+            elif (size := r.size(m["body_min_rate"], f"{where}.body_min_rate")) is not None:
+                values["body_min_rate"] = size
         return Timeouts(**values)
 
     def rule(self, node: Node, where: str, route_mode: ClientAuth) -> PathRule | None:

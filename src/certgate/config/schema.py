@@ -117,6 +117,21 @@ class Timeouts:
     # connections; above it risks reusing one the upstream is closing.
     pool_idle: float = 4.0
     tunnel_idle: float = 3600.0
+    # A request body must average at least ``body_min_rate`` bytes/s over
+    # each ``body_rate_window``, or it is answered 408 and both connections
+    # closed: a client trickling a byte every few seconds otherwise holds an
+    # upstream connection (and a worker's slot in the upstream) for as long
+    # as each byte comes within ``read``. 0 disables the check.
+    # 500 B/s is Apache's mod_reqtimeout default (RequestReadTimeout
+    # body=20,MinRate=500): 4 kbit/s, an order of magnitude below the slowest
+    # link a phone still uploads on (EDGE, ~50 kbit/s up), so a multi-GB
+    # Immich upload from a phone on a bad link never trips it. The 60 s
+    # window is nginx's client_body_timeout default, which Immich's own
+    # reverse-proxy guide keeps: an upload may stall completely for up to a
+    # minute (a cell handover) as long as it averages the rate per window.
+    # What a trickler costs: one connection per 30 KB a minute.
+    body_min_rate: int = 500
+    body_rate_window: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +190,10 @@ class Route:
     max_body: int | None = None
     forward_cert: ForwardCert = ForwardCert.NONE
     trust_forwarded: bool = False  # keep an outer proxy's X-Forwarded-*
+    # Headers another gateway would set for identity or routing (X-Remote-User,
+    # Client-Cert, X-Original-URL...) that this route lets through from the
+    # client; folded names (lowercase, '_' and '.' as '-'). Never certgate's own.
+    pass_headers: frozenset[bytes] = frozenset()
 
     @property
     def name(self) -> str:

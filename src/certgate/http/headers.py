@@ -10,9 +10,14 @@ Two rules carry the security of the whole proxy:
    to ``-`` (some upstream frameworks fold them too, e.g. CGI/WSGI environ),
    is removed before certgate adds its own.
 2. **Hop-by-hop headers stop here** (RFC 9110 s.7.6.1): the fixed list plus
-   every header the ``Connection`` header names, except that ``Connection``
-   can never remove a header certgate itself sets (``Connection: X-Client-CN``
-   must not strip the verified identity).
+   every header the ``Connection`` header names. ``Connection`` may not name
+   a header that frames or routes the request (Host, Content-Length,
+   Transfer-Encoding) or one certgate itself sets (``X-Client-*``, XFCC,
+   ``X-Forwarded-*``): such a request is refused (:func:`unlistable_token`)
+   rather than forwarded without its Host or its body.
+3. **Headers other gateways set for identity or routing are dropped** unless
+   the route names them in ``pass_headers`` (:func:`is_spoofable_header`):
+   an upstream built to sit behind such a gateway trusts them blindly.
 
 Injected values pass :func:`escape_value`, so no certificate field can end a
 header line or smuggle a second header.
@@ -31,9 +36,12 @@ Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 s.7.6.1 and RFC 9112 s.9.6, plus the non-standard ones proxies
 # still meet in the wild (Keep-Alive, Proxy-Connection).
+# HTTP2-Settings is connection-specific too (RFC 7540 s.3.2.1) and only
+# means anything to an h2c upgrade, which certgate never forwards.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"http2-settings",
 })
 
 _IDENTITY_PREFIXES = (
@@ -44,6 +52,41 @@ _IDENTITY_EXACT = frozenset({b"x-client", b"x-ssl-client", b"ssl-client"})
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                         b"x-forwarded-port", b"x-real-ip", b"forwarded"})
 _FOLD = bytes.maketrans(b"_.", b"--")
+
+# Headers that other gateways put in front of an upstream to say who the
+# user is, which certificate they showed, or which URL/method to serve. An
+# upstream configured for such a gateway believes them, so a client must not
+# be able to send them through certgate. Sources: RFC 9440 (Client-Cert);
+# nginx/HAProxy recipes (X-SSL-Cert); IIS ARR (X-ARR-ClientCert); AWS ALB mTLS
+# (X-Amzn-Mtls-Clientcert*) and OIDC (X-Amzn-Oidc-*); Kubernetes' front proxy
+# (X-Remote-User/-Group/-Extra-*); Grafana's auth proxy (X-WEBAUTH-*);
+# Authelia/Authentik (Remote-User, Remote-Groups, X-authentik-*);
+# oauth2-proxy (X-Auth-Request-*, X-Forwarded-User/-Email/-Groups/
+# -Preferred-Username/-Access-Token); Pomerium (X-Pomerium-*); Cloudflare
+# Access (Cf-Access-*); Google IAP (X-Goog-Authenticated-User-*); Tailscale
+# (Tailscale-User-*); IIS/Symfony/Laminas URL rewriting (X-Original-URL,
+# X-Rewrite-URL); method overrides honoured by many frameworks
+# (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override). A route may
+# let named ones through with ``pass_headers``.
+_SPOOFABLE_EXACT = frozenset({
+    b"client-cert", b"client-cert-chain", b"x-ssl-cert", b"x-arr-clientcert",
+    b"x-original-url", b"x-rewrite-url", b"x-http-method-override", b"x-http-method",
+    b"x-method-override", b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups",
+    b"x-forwarded-preferred-username", b"x-forwarded-access-token",
+})
+_SPOOFABLE_PREFIXES = (
+    b"x-amzn-mtls-clientcert", b"x-amzn-oidc-", b"x-remote-", b"remote-", b"x-webauth-",
+    b"x-auth-request-", b"x-authentik-", b"x-pomerium-", b"cf-access-",
+    b"x-goog-authenticated-user-", b"tailscale-user-",
+)
+# Names Connection may not list: dropping them would change the request's
+# framing or target (Host, Content-Length, Transfer-Encoding) rather than
+# remove a hop-by-hop extra. certgate's own headers are checked separately.
+_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# Control characters other than HTAB (RFC 9110 s.5.5: field values are
+# VCHAR, SP, HTAB and obs-text). h11 accepts them; upstreams may not agree
+# on what they mean (log splitting, header folding, truncation at NUL).
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def folded(name: bytes) -> bytes:
@@ -60,6 +103,38 @@ def is_forwarded_header(name: bytes) -> bool:
     return folded(name) in _FORWARDED
 
 
+def is_spoofable_header(name: bytes) -> bool:
+    """A header another gateway sets for identity or routing (see _SPOOFABLE_EXACT)."""
+    key = folded(name)
+    return key in _SPOOFABLE_EXACT or key.startswith(_SPOOFABLE_PREFIXES)
+
+
+def is_own_header(name: bytes) -> bool:
+    """A header certgate itself sets or owns: identity, XFCC, X-Forwarded-*, Forwarded.
+
+    These are never taken from a client, never named away by ``Connection``
+    and never allowed back in by ``pass_headers``.
+    """
+    key = folded(name)
+    return is_identity_header(key) or key in _FORWARDED or key.startswith(b"x-forwarded-")
+
+
+def unlistable_token(tokens: Iterable[bytes]) -> bytes | None:
+    """The first ``Connection`` token naming a header it may not remove, if any."""
+    for token in sorted(tokens):
+        if token in _FRAMING or is_own_header(token):
+            return token
+    return None
+
+
+def control_character_in(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The name of the first header whose value holds a control character."""
+    for name, value in headers:
+        if _CTL.search(value) is not None:
+            return name
+    return None
+
+
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     """Header names listed in any ``Connection`` header, lowercased."""
     tokens: set[bytes] = set()
@@ -69,9 +144,11 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
-def _wants_removal(name: bytes, listed: set[bytes]) -> bool:
+def _wants_removal(name: bytes, listed: set[bytes], passed: frozenset[bytes]) -> bool:
     lower = name.lower()
     if lower in HOP_BY_HOP or is_identity_header(lower):
+        return True
+    if is_spoofable_header(lower) and folded(lower) not in passed:
         return True
     # Connection may name only end-to-end headers the client itself sent;
     # certgate's own headers are added after this filter and so are immune.
@@ -82,13 +159,16 @@ def request_headers_for_upstream(
     headers: Iterable[tuple[bytes, bytes]],
     *,
     keep_forwarded: bool,
+    passed: frozenset[bytes] = frozenset(),
 ) -> Headers:
-    """The client's headers minus hop-by-hop, identity and (usually) forwarding ones."""
+    """The client's headers minus hop-by-hop, identity, other gateways' identity
+    and routing headers (except the folded names in ``passed``) and, unless
+    ``keep_forwarded``, an outer proxy's forwarding headers."""
     items = list(headers)
     listed = connection_tokens(items)
     out: Headers = []
     for name, value in items:
-        if _wants_removal(name, listed):
+        if _wants_removal(name, listed, passed):
             continue
         if not keep_forwarded and is_forwarded_header(name):
             continue

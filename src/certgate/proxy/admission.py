@@ -2,6 +2,10 @@
 
 Order matters and is the security argument of the proxy:
 
+0. the HTTP version (1.0 or 1.1, else 505) and the header bytes: control
+   characters in values, and a ``Connection`` header naming Host,
+   Content-Length, Transfer-Encoding or one of certgate's own headers
+   -> 400 + close (:func:`check_head`);
 1. framing (smuggling) checks -> 400 + close;
 2. header count -> 431;
 3. the request target is parsed and its path normalised once
@@ -13,7 +17,9 @@ Order matters and is the security argument of the proxy:
 5. only origin-form targets reach a route (absolute-form after the 421 check
    so the fronting case still answers 421);
 6. route by longest path prefix, then the certificate refusal, then policy;
-7. body limit from Content-Length -> 413 at once.
+7. body limit from Content-Length -> 413 at once;
+8. an upgrade is forwarded only for a checked WebSocket handshake
+   (:mod:`certgate.http.upgrade`); any other is stripped.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from certgate.errors import HTTPError
 from certgate.hostnames import InvalidHost, normalise_host
 from certgate.http import headers as hdr
 from certgate.http.target import BadTarget, parse_target
+from certgate.http.upgrade import WebSocketUpgrade, requested_upgrade
 from certgate.policy import Decision, decide
 from certgate.tls.identity import ClientIdentity
 from certgate.tls.verify import Refusal
@@ -60,7 +67,7 @@ class Admitted:
     roles: tuple[str, ...]
     upstream_request: h11.Request
     has_body: bool
-    upgrade: bytes | None
+    upgrade: WebSocketUpgrade | None
 
 
 def check_framing(raw: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
@@ -90,6 +97,35 @@ def check_framing(raw: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     return None, False
 
 
+def check_head(request: h11.Request, raw: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """Refuse heads h11 accepts but certgate will not forward; return the
+    ``Connection`` tokens.
+
+    h11 is deliberately lenient: it reads any ``HTTP/d.d`` version and lets
+    every byte but NUL, CR and LF through in a field value. An upstream that
+    is stricter, or differently lenient, would read another request than
+    the one judged here.
+    """
+    version = request.http_version
+    if version not in (b"1.1", b"1.0"):
+        # RFC 9110 s.15.6.6. HTTP/2 is not offered (ALPN says http/1.1), and a
+        # request line claiming it, or HTTP/1.2, is not forwarded as 1.1.
+        raise HTTPError(505, "only HTTP/1.1 and HTTP/1.0 are served", close=True)
+    if version == b"1.0" and any(n.lower() == b"transfer-encoding" for n, _ in raw):
+        # RFC 9112 s.6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request", close=True)
+    bad = hdr.control_character_in(raw)
+    if bad is not None:
+        raise HTTPError(400, "control character in the value of header "
+                             f"{bad.decode('ascii', 'replace')}", close=True)
+    listed = hdr.connection_tokens(raw)
+    token = hdr.unlistable_token(listed)
+    if token is not None:
+        raise HTTPError(400, f"Connection header names {token.decode('ascii', 'replace')}, "
+                             "which is not a hop-by-hop header", close=True)
+    return listed
+
+
 def _host_of(authority: bytes, what: str) -> str:
     try:
         return normalise_host(authority.decode("ascii"))
@@ -114,6 +150,7 @@ def admit(
     if head_size > limits.max_header_bytes:
         raise HTTPError(431, f"request head larger than {limits.max_header_bytes} bytes",
                         close=True)
+    listed = check_head(request, raw)
     length, chunked = check_framing(raw)
     if len(raw) > runtime.config.limits.max_header_count:
         raise HTTPError(431, f"more than {runtime.config.limits.max_header_count} header fields",
@@ -162,12 +199,11 @@ def admit(
         raise HTTPError(413, f"request body of {length} bytes exceeds this route's max_body "
                              f"({route.max_body})", close=True)
 
-    upgrade: bytes | None = None
-    if b"upgrade" in hdr.connection_tokens(raw):
-        values = [v for n, v in raw if n.lower() == b"upgrade"]
-        upgrade = values[0] if values else None
+    has_body = chunked or bool(length)
+    upgrade = requested_upgrade(request.method, request.http_version, raw, listed, has_body)
     out = [(n, v) for n, v in hdr.request_headers_for_upstream(
-        raw, keep_forwarded=route.trust_forwarded) if n.lower() != b"expect"]
+        raw, keep_forwarded=route.trust_forwarded, passed=route.pass_headers)
+        if n.lower() != b"expect"]
     out += hdr.identity_headers(
         identity,
         verify="SUCCESS" if identity is not None else "NONE",
@@ -183,13 +219,19 @@ def admit(
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
     if upgrade is not None:
-        out += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+        out += [(b"connection", b"upgrade"), (b"upgrade", upgrade.token)]
     # _parsed=True skips h11's per-header regex validation (11% of a proxied
     # request's CPU): every name and value here either came out of h11's own
-    # parser for this request, is a constant, or went through escape_value,
-    # and the target is the normaliser's output (unreserved characters and
-    # percent-escapes only). Framing checks (Content-Length, Host) still run.
-    upstream_request = h11.Request(method=request.method, target=target.forward, headers=out,
-                                   http_version=b"1.1", _parsed=True)
+    # parser for this request (and check_head), is a constant, or went
+    # through escape_value, and the target is the normaliser's output
+    # (unreserved characters and percent-escapes only). Framing checks
+    # (Content-Length, Host) still run; check_head keeps them from failing,
+    # and should one still fail, the client gets a 400, not a dropped
+    # connection and a traceback.
+    try:
+        upstream_request = h11.Request(method=request.method, target=target.forward,
+                                       headers=out, http_version=b"1.1", _parsed=True)
+    except h11.LocalProtocolError:
+        raise HTTPError(400, "request cannot be forwarded as HTTP/1.1", close=True) from None
     return Admitted(route, host, target.path, decision, tuple(roles), upstream_request,
-                    chunked or bool(length), upgrade)
+                    has_body, upgrade)

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -30,6 +30,7 @@ from certgate.http.responses import plain_response
 from certgate.proxy.admission import Admitted, admit, check_framing
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.exchange import Plan, relay
+from certgate.proxy.pace import BodyPace, BodyTooSlow, Verdict
 from certgate.tls.identity import ClientIdentity
 from certgate.tls.verify import Refusal
 from certgate.whoami import whoami_response
@@ -105,9 +106,8 @@ class ClientConnection(Channel):
                     return
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint
-                    reason = "request header too large" if status == 431 else \
-                        f"malformed request: {exc}"
-                    await self._refuse(HTTPError(status, reason, close=True), None, started)
+                    await self._refuse(HTTPError(status, malformed_reason(exc), close=True),
+                                       None, started)
                     return
                 finally:
                     self.cancel_deadline()
@@ -151,6 +151,8 @@ class ClientConnection(Channel):
             tunnel_idle=route.timeouts.tunnel_idle,
             upgrade=admitted.upgrade,
             route=route.name,
+            body_min_rate=route.timeouts.body_min_rate,
+            body_rate_window=route.timeouts.body_rate_window,
         )
         out_before = self.bytes_out
         in_before = self.bytes_in
@@ -193,10 +195,52 @@ class ClientConnection(Channel):
             if not isinstance(event, h11.EndOfMessage):
                 raise ChannelClosed("expected an empty request body")
 
+    async def next_body_event(self, pace: BodyPace) -> Any:
+        """The next request-body event, within ``pace``'s limits.
+
+        Raises:
+            ChannelTimeout: no body byte for the pace's idle time (-> 408).
+            BodyTooSlow: a whole window below the minimum rate (-> 408).
+            h11.RemoteProtocolError: a malformed body (-> 400).
+        """
+        loop = self._loop
+        try:
+            while True:
+                self.set_deadline(pace.wait_for(loop.time()), "request body")
+                try:
+                    event = await self.next_event()
+                except ChannelTimeout:
+                    self.clear_timeout()
+                    verdict = pace.judge(loop.time())
+                    if verdict is Verdict.STALLED:
+                        raise
+                    if verdict is Verdict.TOO_SLOW:
+                        raise BodyTooSlow(pace.describe()) from None
+                    continue
+                if isinstance(event, h11.Data):
+                    pace.progress(len(event.data), loop.time())
+                return event
+        finally:
+            self.cancel_deadline()
+
     async def _whoami(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
-        # Read and discard any body so the connection can be reused.
+        # Read and discard any body so the connection can be reused, under
+        # the same pace as a proxied body: whoami is reachable anonymously.
+        timeouts = admitted.route.timeouts
+        pace = BodyPace.start(timeouts.body_min_rate, timeouts.body_rate_window, timeouts.read,
+                              self._loop.time())
         while self.h11.their_state is h11.SEND_BODY:
-            event = await self.next_event()
+            try:
+                event = await self.next_body_event(pace)
+            except ChannelTimeout:
+                return await self._refuse(HTTPError(408, "request body not received in time",
+                                                    close=True), request, started, admitted)
+            except BodyTooSlow as exc:
+                return await self._refuse(HTTPError(408, str(exc), close=True), request,
+                                          started, admitted)
+            except h11.RemoteProtocolError:
+                return await self._refuse(HTTPError(400, "malformed request body", close=True),
+                                          request, started, admitted)
             if isinstance(event, h11.ConnectionClosed):
                 return False
         response, body = whoami_response(self.identity, admitted)
@@ -235,3 +279,31 @@ class ClientConnection(Channel):
         if close:
             self.close()
         return not close
+
+
+# h11's messages quote the offending bytes (``illegal request line:
+# bytearray(b'...')``); a response or a log line must not echo what the
+# client sent, so each is mapped to a fixed reason by its constant prefix.
+_MALFORMED = (
+    ("illegal request line", "malformed request line"),
+    ("illegal header line", "malformed header line"),
+    ("continuation line", "malformed header line"),
+    ("Illegal header", "invalid header name or value"),
+    ("Missing mandatory Host", "no Host header"),
+    ("Found multiple Host", "more than one Host header"),
+    ("conflicting Content-Length", "conflicting Content-Length values"),
+    ("bad Content-Length", "invalid Content-Length"),
+    ("Only Transfer-Encoding", "only Transfer-Encoding: chunked is accepted"),
+    ("multiple Transfer-Encoding", "more than one Transfer-Encoding header"),
+)
+
+
+def malformed_reason(exc: h11.RemoteProtocolError) -> str:
+    """A fixed one-line reason for a request head h11 could not parse."""
+    if exc.error_status_hint == 431:
+        return "request header too large"
+    text = str(exc)
+    for prefix, reason in _MALFORMED:
+        if text.startswith(prefix):
+            return reason
+    return "malformed request head"

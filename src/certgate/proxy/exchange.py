@@ -27,7 +27,9 @@ import h11
 from certgate import metrics
 from certgate.errors import HTTPError
 from certgate.http.headers import response_headers_for_client
+from certgate.http.upgrade import WebSocketUpgrade, refuse_switch
 from certgate.proxy.channel import ChannelClosed, ChannelTimeout
+from certgate.proxy.pace import BodyPace, BodyTooSlow
 from certgate.proxy.tunnel import run_tunnel
 from certgate.proxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -55,8 +57,10 @@ class Plan:
     max_body: int | None
     read_timeout: float
     tunnel_idle: float
-    upgrade: bytes | None  # the Upgrade header value when the client asks to switch
+    upgrade: WebSocketUpgrade | None  # the checked handshake when the client asks to switch
     route: str = "-"  # the route's name, for metrics labels
+    body_min_rate: int = 0  # bytes/s over body_rate_window; 0: no rate check
+    body_rate_window: float = 60.0
 
 
 @dataclass(slots=True)
@@ -70,17 +74,21 @@ async def _pump_body(client: ClientConnection, conn: UpstreamConnection, plan: P
     if client.h11.they_are_waiting_for_100_continue:
         client.send(h11.InformationalResponse(status_code=100, headers=[]))
     total = 0
+    loop = asyncio.get_running_loop()
+    pace = BodyPace.start(plan.body_min_rate, plan.body_rate_window, plan.read_timeout,
+                          loop.time())
     try:
         while True:
-            client.set_deadline(plan.read_timeout, "request body")
-            event = await client.next_event()
+            event = await client.next_body_event(pace)
             if isinstance(event, h11.Data):
                 total += len(event.data)
                 if plan.max_body is not None and total > plan.max_body:
                     raise BodyTooLarge
                 conn.send(h11.Data(data=event.data))
                 if conn.writing_paused:
+                    waited_from = loop.time()
                     await _drain_upstream(conn, plan.read_timeout)
+                    pace.pause(loop.time() - waited_from)
             elif isinstance(event, h11.EndOfMessage):
                 conn.send(h11.EndOfMessage())
                 return
@@ -138,8 +146,10 @@ async def relay(client: ClientConnection, plan: Plan) -> Result:
             if nothing_received:
                 raise HTTPError(502, f"upstream {label} closed the connection without "
                                      "responding", kind="reset") from None
+            # Closed too: an upstream that breaks the protocol (a 101 nobody
+            # asked for, among others) may have desynchronised with certgate.
             raise HTTPError(502, f"upstream {label} sent an invalid response: {exc}",
-                            kind="protocol") from None
+                            close=True, kind="protocol") from None
         except ChannelTimeout:
             await _settle_pump(pump)
             conn.abort()
@@ -165,7 +175,13 @@ async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
         # The pump's only deadline is the client's, between body chunks: the
         # client stalled mid-upload, which is a 408, not an upstream failure.
         return HTTPError(408, "request body not received in time", close=True)
-    except (asyncio.CancelledError, ChannelClosed, h11.RemoteProtocolError):
+    except BodyTooSlow as exc:
+        return HTTPError(408, str(exc), close=True)
+    except h11.RemoteProtocolError:
+        # A broken chunked body from the client: the client's fault, a 400,
+        # never a 502 that would count as (and alert on) an upstream error.
+        return HTTPError(400, "malformed request body", close=True)
+    except (asyncio.CancelledError, ChannelClosed):
         return None
     return None
 
@@ -221,13 +237,16 @@ async def _deliver(
 ) -> Result:
     headers = response_headers_for_client(head.headers.raw_items())
     if isinstance(head, h11.InformationalResponse):  # 101
-        if plan.upgrade is None:
+        refusal = refuse_switch(plan.upgrade, head.headers.raw_items())
+        if refusal is not None or plan.upgrade is None:
+            # Nothing has gone to the client yet: answer 502 and close both,
+            # so no byte is ever piped through a switch certgate did not check.
             conn.abort()
-            raise HTTPError(502, "upstream switched protocols without being asked", close=True,
+            raise HTTPError(502, f"upstream {plan.pool.upstream.label} {refusal}", close=True,
                             kind="protocol")
         if pump is not None:
             await pump  # the upgrade request's (empty) body must be complete
-        headers += [(b"connection", b"upgrade"), (b"upgrade", plan.upgrade)]
+        headers += [(b"connection", b"upgrade"), (b"upgrade", plan.upgrade.token)]
         client.send(h11.InformationalResponse(status_code=101, headers=headers,
                                               reason=head.reason))
         conn.cancel_deadline()
