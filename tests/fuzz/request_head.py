@@ -220,8 +220,8 @@ def check(data: bytes) -> None:
             except h11.LocalProtocolError as exc:
                 # Finding 8: a Connection header naming Host makes h11
                 # refuse the rewritten request inside admission.
-                raise KnownOpen("8-connection-names-framing",
-                                f"admission raised h11 {exc!r}") from exc
+                _require_known("8-connection-names-framing", False,
+                               f"admission raised h11 {exc!r}")
             _check_admitted(event, admitted, identity)
             return  # the proxy answers before it reads the next request
         if event is h11.NEED_DATA or event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
