@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certgate import metrics
+from certgate import memtrim, metrics
 from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
 from certgate.proxy.upstream import UpstreamPool
@@ -123,7 +123,9 @@ class Runtime:
                                   _count_stale_admission)
 
     def connection_closed(self, conn: ClientConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            memtrim.note_closed()
         if not self.connections:
             for waiter in self._idle_waiters:
                 if not waiter.done():

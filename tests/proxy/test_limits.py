@@ -217,6 +217,20 @@ def close_on_second_request(peer: Peer) -> None:
     peer.read_head()
 
 
+def overrun_content_length(peer: Peer) -> None:
+    """On the first connection, announce 10 bytes and send 100, keeping the
+    connection open; answer every other request properly."""
+    if peer.rec.index == 0:
+        peer.read_head()
+        peer.read_body()
+        peer.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b"L" * 100)
+    for _ in range(10):
+        peer.h11 = h11.Connection(h11.SERVER)
+        peer.read_head()
+        peer.read_body()
+        peer.respond(f"conn {peer.rec.index}".encode())
+
+
 def take_head_never_body(peer: Peer) -> None:
     """Read a request head, then never read its body (a wedged upstream)."""
     peer.read_head()
@@ -547,6 +561,21 @@ def test_post_after_upstream_closed_idle_connection(launch, pki):
         response = conn.request("POST", "/scripted/b", body=b"pay once")
     assert response.status == 200
     assert server.seen("POST /scripted/b") == 1
+
+
+def test_upstream_overrunning_content_length_is_not_pooled(launch, pki):
+    """Regression (benchmarks/soak.py, upstream_long): bytes beyond the
+    upstream's Content-Length sat in h11's buffer, the connection went back
+    to the pool, and the next request on it, from any client, got a 502."""
+    proxy, _ = launch(overrun_content_length)
+    with Connection(proxy.port, pki.context("alice")) as conn:
+        first = conn.request("GET", "/scripted/a")
+        assert first.status == 200
+        assert first.body == b"L" * 10
+    with Connection(proxy.port, pki.context("alice")) as conn:
+        second = conn.request("GET", "/scripted/b")
+    assert second.status == 200
+    assert second.body == b"conn 1"
 
 
 # -- client abort ----------------------------------------------------------------

@@ -30,7 +30,9 @@ The canonical path is built in this order:
    would hide a path the application might resolve differently. A segment
    that is ``.`` or ``..`` followed by ``;parameters`` is refused too: Java
    servlet containers strip path parameters *before* resolving dots, so
-   ``/public/..;/admin`` reaches ``/admin`` there.
+   ``/public/..;/admin`` reaches ``/admin`` there. The same holds for an
+   encoded ``%3B``: a framework that decodes the whole path before stripping
+   parameters reads ``/public/..%3B/admin`` as ``/admin``.
 4. Empty segments are merged (``//a///b`` is ``/a/b``): most routers collapse
    them, so a rule on ``/a/b`` must see the same path. A trailing slash is
    kept; ``/admin`` and ``/admin/`` may be different resources.
@@ -65,6 +67,9 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 # A path made only of these, with no empty or dot segment, is already
 # canonical: the common case skips the byte loop.
 _CANONICAL_FAST = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
+# Where a segment's name ends and its parameters begin, raw or encoded
+# (escapes are uppercase by the time dot segments are removed).
+_PARAMS = re.compile(r";|%3B")
 _SCHEMES = {"http", "https"}
 _PRINTABLE_MIN, _PRINTABLE_MAX = 0x21, 0x7E
 
@@ -251,7 +256,9 @@ def _remove_dot_segments(path: str) -> str:
                 raise BadTarget("path climbs above the root")
             kept.pop()
         elif segment and segment != ".":
-            name = segment.partition(";")[0]
+            # "%3B" counts as ";": a framework that decodes the path before
+            # stripping parameters reads "..%3B" as "..;" and then "..".
+            name = _PARAMS.split(segment, 1)[0]
             if name in (".", ".."):
                 raise BadTarget("dot segment with parameters in path")
             kept.append(segment)

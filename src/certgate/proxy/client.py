@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from certgate import metrics
+from certgate import memtrim, metrics
 from certgate.config.schema import ClientAuth
 from certgate.errors import HTTPError
 from certgate.http.responses import plain_response
@@ -76,6 +76,7 @@ class ClientConnection(Channel):
                                else self.refusal.label)
             recorder.connection_opened(self.info.listener)
         self.runtime.connections.add(self)
+        memtrim.note_opened()
         self.task = asyncio.get_running_loop().create_task(self.serve())
 
     def connection_lost(self, exc: Exception | None) -> None:

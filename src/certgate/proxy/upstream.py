@@ -126,7 +126,11 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection after a complete exchange, or close it."""
         h = conn.h11
+        # Bytes after the end of the response (an upstream that sent more
+        # than its Content-Length) would be read as the next response:
+        # whoever got this connection from the pool would get a 502.
         if (conn.lost or h.our_state is not h11.DONE or h.their_state is not h11.DONE
+                or h.trailing_data[0] or conn.has_buffered_data
                 or len(self._idle) >= MAX_IDLE_PER_UPSTREAM):
             conn.close()
             return

@@ -1,0 +1,99 @@
+"""The request-head fuzz target: its seeds, its regressions, and a bounded run.
+
+The invariant is stated in request_head.py's docstring. The bounded run lasts
+``CERTGATE_FUZZ_SECONDS`` (default 10 s for a local run; ``.ci/run`` exports
+60) and fails on any crash, printing the input that caused it: add that input
+to ``REGRESSIONS`` below and fix the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fuzz.request_head import KNOWN_OPEN, InvariantBroken, KnownOpen, check
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = Path(__file__).resolve().parent / "corpus" / "request_head"
+SECONDS = int(os.environ.get("CERTGATE_FUZZ_SECONDS", "10"))
+
+#: Inputs that once broke the invariant (or nearly did), each must now pass.
+REGRESSIONS = {
+    # property tests: ..%3B is "..;" to a decode-then-strip upstream
+    "dot-encoded-params": b"\x00GET /public/..%3B/admin HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    # h11 moves Host first when it writes a request; nothing else may move
+    "host-second": b"\x02GET /a HTTP/1.1\r\nstoH: open.test\xfb\xf5\r\nHost: open.test\r\n\r\n",
+    "spoofed-identity-any-spelling": (
+        b"\x06GET / HTTP/1.1\r\nHost: mixed.test\r\nx_CLIENT.cn: admin\r\n"
+        b"X-Forwarded-Client-Cert: Hash=1\r\nConnection: X-Client-Verify\r\n\r\n"),
+}
+
+#: One input per KNOWN_OPEN entry, reproducing the finding on today's code.
+KNOWN_INPUTS = {
+    "8-connection-names-framing": (
+        b"\x02GET / HTTP/1.1\r\nHost: open.test\r\nConnection: host\r\n\r\n"),
+    "8-control-bytes": b"\x02GET / HTTP/1.1\r\nHost: open.test\r\nX-A: a\x01b\r\n\r\n",
+    "8-http10-te": (b"\x02POST / HTTP/1.0\r\nHost: open.test\r\nTransfer-Encoding: chunked"
+                    b"\r\n\r\n0\r\n\r\n"),
+    "8-http-version": b"\x02GET / HTTP/1.2\r\nHost: open.test\r\n\r\n",
+    "1-upgrade-token": (b"\x00GET /public/x HTTP/1.1\r\nHost: app.test\r\n"
+                        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(p.name for p in CORPUS.iterdir()))
+def test_seed_corpus_holds_the_invariant(seed: str) -> None:
+    with contextlib.suppress(KnownOpen):  # only KNOWN_OPEN labels raise it
+        check((CORPUS / seed).read_bytes())
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+def test_regressions(name: str) -> None:
+    check(REGRESSIONS[name])
+
+
+def test_every_known_open_finding_has_an_input() -> None:
+    assert set(KNOWN_INPUTS) == set(KNOWN_OPEN)
+
+
+@pytest.mark.parametrize("label", sorted(KNOWN_INPUTS))
+def test_known_open_findings_still_reproduce(label: str) -> None:
+    """Fails once the finding is fixed: then move the input to REGRESSIONS
+    and move the label from request_head.KNOWN_OPEN to request_head._FIXED
+    (and delete it from KNOWN_INPUTS)."""
+    try:
+        check(KNOWN_INPUTS[label])
+    except KnownOpen as exc:
+        if exc.label != label:
+            pytest.fail(f"{label}: broke another known check: {exc}")
+    except InvariantBroken as exc:
+        pytest.fail(f"{label}: broke a strict check: {exc}")
+    else:
+        pytest.fail(f"{label} no longer reproduces: move it from KNOWN_OPEN to _FIXED")
+
+
+@pytest.mark.timeout(SECONDS + 180)
+def test_fuzz_request_head_for_a_bounded_time(tmp_path: Path) -> None:
+    if importlib.util.find_spec("atheris") is None:
+        if "CERTGATE_FUZZ_SECONDS" in os.environ:
+            pytest.fail("CERTGATE_FUZZ_SECONDS is set but atheris is not installed")
+        pytest.skip("atheris is not installed (pip install atheris; Linux x86_64 wheels)")
+    found = tmp_path / "corpus"
+    found.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz.request_head", f"-max_total_time={SECONDS}",
+         f"-artifact_prefix={tmp_path}/", "-print_final_stats=1", str(found), str(CORPUS)],
+        cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 150, check=False)
+    output = done.stdout + done.stderr
+    crashes = sorted(tmp_path.glob("crash-*"))
+    found_inputs = [c.read_bytes() for c in crashes]
+    assert not found_inputs, f"the fuzzer found {found_inputs!r}\n{output[-4000:]}"
+    assert done.returncode == 0, output[-4000:]
+    assert "Done " in output, output[-2000:]
