@@ -40,12 +40,9 @@ Invariant checked for every input (anything else is a crash):
    * only a WebSocket upgrade is forwarded, and never on HTTP/1.0 with
      Transfer-Encoding (RFC 9112 s.6.1).
 
-Findings of issue #11 that other branches fix are listed in ``KNOWN_OPEN``
-with the check that catches them; until they merge, the fuzzer stops on
-everything else but skips an input that breaks only a known-open check (so
-it keeps searching for new classes). ``CERTGATE_FUZZ_STRICT=1`` ignores the
-list. ``test_fuzz.py`` keeps one input per entry and fails as soon as a
-listed finding no longer reproduces: then move its label to ``_FIXED``.
+The checks for issue #11's findings carry the finding's label (e.g.
+``[8-control-bytes]``); the input that first showed each is a regression in
+``test_fuzz.py``.
 """
 
 from __future__ import annotations
@@ -155,46 +152,21 @@ class InvariantBroken(AssertionError):
     """An admitted request that breaks the invariant of the module docstring."""
 
 
-class KnownOpen(InvariantBroken):
-    """An input that breaks only a check listed in ``KNOWN_OPEN``."""
-
-    def __init__(self, label: str, what: str) -> None:
-        super().__init__(f"[{label}] {what}")
-        self.label = label
-
-
-#: Checks whose findings are being fixed on another branch of issue #11
-#: (finding number: what). Empty this as the fixes merge.
-KNOWN_OPEN: dict[str, str] = {
-    "8-connection-names-framing": "Connection: host / content-length crash or drop framing",
-    "8-control-bytes": "\\x01 and \\x7f in header values are forwarded",
-    "8-http10-te": "HTTP/1.0 with Transfer-Encoding is accepted",
-    "8-http-version": "HTTP/2.0 and HTTP/1.2 request lines are forwarded as 1.1",
-    "1-upgrade-token": "upgrades other than WebSocket are forwarded",
-}
-
-
 def _require(condition: bool, what: str) -> None:
     if not condition:
         raise InvariantBroken(what)
 
 
 def _require_known(label: str, condition: bool, what: str) -> None:
-    assert label in KNOWN_OPEN or label in _FIXED, label
-    if not condition:
-        raise KnownOpen(label, what) if label in KNOWN_OPEN else InvariantBroken(what)
-
-
-#: Labels whose fixes have merged: their checks are as strict as any other.
-_FIXED: frozenset[str] = frozenset()
+    """A check for a finding of issue #11 (``label`` names it in failures)."""
+    _require(condition, f"[{label}] {what}")
 
 
 def check(data: bytes) -> None:
     """Run one input through parsing and admission; raise if the invariant breaks.
 
     Raises:
-        InvariantBroken: the invariant does not hold (``KnownOpen`` when only
-            a check listed in ``KNOWN_OPEN`` failed).
+        InvariantBroken: the invariant does not hold.
     """
     if not data:
         return
@@ -264,9 +236,12 @@ def _check_admitted(request: h11.Request, admitted: object, identity: ClientIden
         "HTTP/1.0 request with Transfer-Encoding admitted")
     _require_known("8-http-version", request.http_version in (b"1.0", b"1.1"),
                    f"HTTP/{request.http_version.decode('latin-1')} admitted")
-    _require_known("1-upgrade-token", admitted.upgrade is None or
-                   admitted.upgrade.strip().lower() == b"websocket",
-                   f"upgrade {admitted.upgrade!r} forwarded")
+    upgrades = [v.strip().lower() for n, v in fields if n.lower() == b"upgrade"]
+    _require_known("1-upgrade-token", upgrades in ([], [b"websocket"]),
+                   f"Upgrade {upgrades!r} forwarded")
+    _require_known("1-upgrade-token", bool(upgrades) == (admitted.upgrade is not None),
+                   f"Upgrade {upgrades!r} forwarded, but admission expects {admitted.upgrade!r}")
+    _require(b"http2-settings" not in lowered, "HTTP2-Settings forwarded")
 
     route = admitted.route
     injected = hdr.identity_headers(
@@ -306,18 +281,10 @@ def _check_admitted(request: h11.Request, admitted: object, identity: ClientIden
              "header fields changed in transit")
 
 
-def _tolerant(data: bytes) -> None:
-    with contextlib.suppress(KnownOpen):
-        check(data)
-
-
 def main(argv: list[str]) -> None:
-    import os
-
     import atheris
 
-    strict = os.environ.get("CERTGATE_FUZZ_STRICT") == "1"
-    atheris.Setup(argv, check if strict else _tolerant)
+    atheris.Setup(argv, check)
     atheris.Fuzz()
 
 

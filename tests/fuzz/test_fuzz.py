@@ -8,7 +8,6 @@ to ``REGRESSIONS`` below and fix the cause.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.request_head import KNOWN_OPEN, InvariantBroken, KnownOpen, check
+from fuzz.request_head import check
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "corpus" / "request_head"
@@ -32,51 +31,27 @@ REGRESSIONS = {
     "spoofed-identity-any-spelling": (
         b"\x06GET / HTTP/1.1\r\nHost: mixed.test\r\nx_CLIENT.cn: admin\r\n"
         b"X-Forwarded-Client-Cert: Hash=1\r\nConnection: X-Client-Verify\r\n\r\n"),
-}
-
-#: One input per KNOWN_OPEN entry, reproducing the finding on today's code.
-KNOWN_INPUTS = {
+    # issue #11 finding 8: Connection naming a framing header crashed admission
     "8-connection-names-framing": (
         b"\x02GET / HTTP/1.1\r\nHost: open.test\r\nConnection: host\r\n\r\n"),
     "8-control-bytes": b"\x02GET / HTTP/1.1\r\nHost: open.test\r\nX-A: a\x01b\r\n\r\n",
     "8-http10-te": (b"\x02POST / HTTP/1.0\r\nHost: open.test\r\nTransfer-Encoding: chunked"
                     b"\r\n\r\n0\r\n\r\n"),
     "8-http-version": b"\x02GET / HTTP/1.2\r\nHost: open.test\r\n\r\n",
+    # finding 1: an h2c upgrade on a public path
     "1-upgrade-token": (b"\x00GET /public/x HTTP/1.1\r\nHost: app.test\r\n"
                         b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
                         b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"),
 }
 
-
 @pytest.mark.parametrize("seed", sorted(p.name for p in CORPUS.iterdir()))
 def test_seed_corpus_holds_the_invariant(seed: str) -> None:
-    with contextlib.suppress(KnownOpen):  # only KNOWN_OPEN labels raise it
-        check((CORPUS / seed).read_bytes())
+    check((CORPUS / seed).read_bytes())
 
 
 @pytest.mark.parametrize("name", sorted(REGRESSIONS))
 def test_regressions(name: str) -> None:
     check(REGRESSIONS[name])
-
-
-def test_every_known_open_finding_has_an_input() -> None:
-    assert set(KNOWN_INPUTS) == set(KNOWN_OPEN)
-
-
-@pytest.mark.parametrize("label", sorted(KNOWN_INPUTS))
-def test_known_open_findings_still_reproduce(label: str) -> None:
-    """Fails once the finding is fixed: then move the input to REGRESSIONS
-    and move the label from request_head.KNOWN_OPEN to request_head._FIXED
-    (and delete it from KNOWN_INPUTS)."""
-    try:
-        check(KNOWN_INPUTS[label])
-    except KnownOpen as exc:
-        if exc.label != label:
-            pytest.fail(f"{label}: broke another known check: {exc}")
-    except InvariantBroken as exc:
-        pytest.fail(f"{label}: broke a strict check: {exc}")
-    else:
-        pytest.fail(f"{label} no longer reproduces: move it from KNOWN_OPEN to _FIXED")
 
 
 @pytest.mark.timeout(SECONDS + 180)

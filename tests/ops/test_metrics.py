@@ -10,6 +10,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -140,7 +141,7 @@ listen: ["127.0.0.1:0"]
 metrics: {{listen: "127.0.0.1:{busy}"}}
 routes: [{{host: localhost, upstream: whoami}}]
 """)
-        result = subprocess.run(["python3", "-m", "certgate", "run", "-c", str(config)],
+        result = subprocess.run([sys.executable, "-m", "certgate", "run", "-c", str(config)],
                                 capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode != 0
     assert f"metrics.listen 127.0.0.1:{busy}: cannot listen" in result.stderr
