@@ -73,6 +73,15 @@ SPOOFED = [
     ("X-Goog-Authenticated-User-Email", "forged"),
     ("Tailscale-User-Login", "forged"),
     ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+    # X-Forwarded-* beyond the four certgate writes: Traefik forward-auth,
+    # Rack, Spring and ASP.NET rebuild the URL or scheme from them.
+    ("X-Forwarded-Prefix", "/admin-forged"),
+    ("X-Forwarded-Uri", "/admin/forged"),
+    ("X-Forwarded-Method", "DELETE-forged"),
+    ("X-Forwarded-Scheme", "forged"),
+    ("X-Forwarded-Ssl", "forged"),
+    ("X-Forwarded-Server", "forged"),
+    ("x_forwarded_prefix", "/forged"),
 ]
 
 

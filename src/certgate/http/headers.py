@@ -100,7 +100,13 @@ def is_identity_header(name: bytes) -> bool:
 
 
 def is_forwarded_header(name: bytes) -> bool:
-    return folded(name) in _FORWARDED
+    """Forwarding headers a client may not set unless the route trusts an outer
+    proxy (``trust_forwarded``): the ones certgate writes, and every other
+    ``X-Forwarded-*`` (``-Prefix``, ``-Uri``, ``-Method``, ``-Scheme``,
+    ``-Ssl``, ``-Server``...), which Traefik forward-auth, Rack, Spring and
+    ASP.NET read to rebuild the URL or scheme the user asked for."""
+    key = folded(name)
+    return key in _FORWARDED or key.startswith(b"x-forwarded-")
 
 
 def is_spoofable_header(name: bytes) -> bool:
