@@ -26,7 +26,8 @@ from certgate.config.schema import AccessLog, LogFormat
 
 if TYPE_CHECKING:
     from certgate.proxy.admission import Admitted
-    from certgate.proxy.client import ClientConnection
+    from certgate.proxy.info import ConnectionInfo
+    from certgate.tls.identity import ClientIdentity
 
 
 # Lines held while the writer is behind: about 10 s of a busy home proxy,
@@ -125,7 +126,8 @@ class AccessLogger:
 
     def request(
         self,
-        conn: ClientConnection,
+        info: ConnectionInfo,
+        identity: ClientIdentity | None,
         request: h11.Request | None,
         admitted: Admitted | None,
         status: int,
@@ -137,16 +139,15 @@ class AccessLogger:
     ) -> None:
         if self._stream is None:
             return
-        identity = conn.identity
         path = admitted.path if admitted is not None else (
             request.target.split(b"?", 1)[0].decode("ascii", "replace") if request else "-")
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "client_ip": conn.info.peer_ip,
+            "client_ip": info.peer_ip,
             "cn": identity.cn if identity else None,
             "serial": identity.serial_hex if identity else None,
             "fingerprint": identity.fingerprint if identity else None,
-            "sni": conn.info.sni,
+            "sni": info.sni,
             "host": admitted.host if admitted else None,
             "method": request.method.decode("ascii", "replace") if request else None,
             "path": path,

@@ -55,7 +55,7 @@ from certgate.hostnames import InvalidHost, is_ip_literal, normalise_host
 from certgate.http.target import BadTarget, parse_target
 from certgate.policy import Decision, decide
 from certgate.proxy.admission import Admitted, admit
-from certgate.proxy.client import ConnectionInfo
+from certgate.proxy.info import ConnectionInfo
 from certgate.revocation import (
     RevocationError,
     RevocationIndex,

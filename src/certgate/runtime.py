@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from certgate import memtrim, metrics
 from certgate.accesslog import AccessLogger
@@ -48,11 +48,27 @@ from certgate.tls.verify import (
 
 if TYPE_CHECKING:
     from certgate.ca import CertificateAuthority
-    from certgate.proxy.client import ClientConnection, ConnectionInfo
+    from certgate.proxy.info import ConnectionInfo
 
 log = logging.getLogger("certgate.runtime")
 
 Notice = Callable[[str], None]
+
+
+class OpenConnection(Protocol):
+    """What the runtime and shutdown need of a client connection
+    (:class:`certgate.proxy.client.ClientConnection`), without importing it:
+    the proxy depends on the runtime, not the other way round."""
+
+    @property
+    def identity(self) -> ClientIdentity | None: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class Runtime:
@@ -89,7 +105,7 @@ class Runtime:
         self.issuers = TrustedIssuers.from_pem(trust_pem, builtin_pem)
         self.identities = IdentityCache(issuers=self.issuers)
         self.access_log = AccessLogger(config.access_log)
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[OpenConnection] = set()
         #: Set on shutdown: connections finish their current request and close.
         self.draining = False
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -122,7 +138,7 @@ class Runtime:
         return revocation_refusal(identity, self.revocation, self._allow_stale,
                                   _count_stale_admission)
 
-    def connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: OpenConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
             memtrim.note_closed()

@@ -89,7 +89,7 @@ with _instrumented():
     from certgate.http import headers as hdr
     from certgate.http.target import normalise_path
     from certgate.proxy.admission import Admitted, admit
-    from certgate.proxy.client import ConnectionInfo
+    from certgate.proxy.info import ConnectionInfo
     from certgate.routing import RouteTable
     from certgate.tls.identity import ClientIdentity, identity_from_der
 
@@ -252,7 +252,9 @@ def _check_admitted(request: h11.Request, admitted: object, identity: ClientIden
     _require(seen_identity == injected,
              f"identity headers {seen_identity!r} are not certgate's {injected!r}")
     if not route.trust_forwarded:
-        seen_forwarded = [n.lower() for n, _ in fields if hdr.is_forwarded_header(n)]
+        # XFCC is an X-Forwarded-* name too, but certgate's own identity header.
+        seen_forwarded = [n.lower() for n, _ in fields
+                          if hdr.is_forwarded_header(n) and not hdr.is_identity_header(n)]
         _require(seen_forwarded == [b"x-forwarded-for", b"x-forwarded-proto",
                                     b"x-forwarded-host"],
                  f"forwarding headers {seen_forwarded!r}")

@@ -41,7 +41,7 @@ from certgate.tls.verify import Refusal
 
 if TYPE_CHECKING:
     from certgate.config.schema import Config
-    from certgate.proxy.client import ConnectionInfo
+    from certgate.proxy.info import ConnectionInfo
     from certgate.routing import RouteTable
 
 

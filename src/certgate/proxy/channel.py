@@ -26,6 +26,8 @@ from typing import Any, cast
 
 import h11
 
+from certgate.proxy.pace import BodyPace, BodyTooSlow, Verdict
+
 # 64 KiB: the size of one TLS read from uvloop's SSL layer is up to 256 KiB,
 # so a pause takes effect within a read or two while keeping syscalls large.
 HIGH_WATER = 64 * 1024
@@ -254,6 +256,34 @@ class Channel(asyncio.Protocol):
             self.transport.abort()
 
     # -- raw mode ---------------------------------------------------------
+    async def next_body_event(self, pace: BodyPace) -> Any:
+        """The next request-body event, within ``pace``'s limits.
+
+        Raises:
+            ChannelTimeout: no body byte for the pace's idle time (-> 408).
+            BodyTooSlow: a whole window below the minimum rate (-> 408).
+            h11.RemoteProtocolError: a malformed body (-> 400).
+        """
+        loop = self._loop
+        try:
+            while True:
+                self.set_deadline(pace.wait_for(loop.time()), "request body")
+                try:
+                    event = await self.next_event()
+                except ChannelTimeout:
+                    self.clear_timeout()
+                    verdict = pace.judge(loop.time())
+                    if verdict is Verdict.STALLED:
+                        raise
+                    if verdict is Verdict.TOO_SLOW:
+                        raise BodyTooSlow(pace.describe()) from None
+                    continue
+                if isinstance(event, h11.Data):
+                    pace.progress(len(event.data), loop.time())
+                return event
+        finally:
+            self.cancel_deadline()
+
     def switch_to_raw(self, sink: Callable[[bytes], None], on_eof: Callable[[], None]) -> bytes:
         """Stop parsing HTTP; return bytes already received past the HTTP part."""
         leftover = bytes(self.h11.trailing_data[0]) + bytes(self._buffer)

@@ -18,19 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h11
 
 from certgate import memtrim, metrics
-from certgate.config.schema import ClientAuth
 from certgate.errors import HTTPError
 from certgate.http.responses import plain_response
 from certgate.proxy.admission import Admitted, admit, check_framing
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.exchange import Plan, relay
-from certgate.proxy.pace import BodyPace, BodyTooSlow, Verdict
+from certgate.proxy.info import ConnectionInfo
+from certgate.proxy.pace import BodyPace, BodyTooSlow
 from certgate.tls.identity import ClientIdentity
 from certgate.tls.verify import Refusal
 from certgate.whoami import whoami_response
@@ -39,16 +38,6 @@ if TYPE_CHECKING:
     from certgate.runtime import Runtime
 
 log = logging.getLogger("certgate.proxy")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """What the listener learnt before and during the handshake."""
-
-    listener: str
-    peer_ip: str
-    sni: str | None  # normalised, or None when absent/invalid
-    mode: ClientAuth  # the handshake class of the context used
 
 
 class ClientConnection(Channel):
@@ -170,8 +159,9 @@ class ClientConnection(Channel):
                 error: HTTPError | None = None) -> None:
         """One finished request: the access-log line and the metrics."""
         seconds = time.monotonic() - started
-        self.runtime.access_log.request(self, request, admitted, status, bytes_in, bytes_out,
-                                        seconds, reason=error.reason if error else None)
+        self.runtime.access_log.request(self.info, self.identity, request, admitted, status,
+                                        bytes_in, bytes_out, seconds,
+                                        reason=error.reason if error else None)
         recorder = metrics.METRICS
         if not recorder.enabled:
             return
@@ -195,34 +185,6 @@ class ClientConnection(Channel):
             event = self.h11.next_event()
             if not isinstance(event, h11.EndOfMessage):
                 raise ChannelClosed("expected an empty request body")
-
-    async def next_body_event(self, pace: BodyPace) -> Any:
-        """The next request-body event, within ``pace``'s limits.
-
-        Raises:
-            ChannelTimeout: no body byte for the pace's idle time (-> 408).
-            BodyTooSlow: a whole window below the minimum rate (-> 408).
-            h11.RemoteProtocolError: a malformed body (-> 400).
-        """
-        loop = self._loop
-        try:
-            while True:
-                self.set_deadline(pace.wait_for(loop.time()), "request body")
-                try:
-                    event = await self.next_event()
-                except ChannelTimeout:
-                    self.clear_timeout()
-                    verdict = pace.judge(loop.time())
-                    if verdict is Verdict.STALLED:
-                        raise
-                    if verdict is Verdict.TOO_SLOW:
-                        raise BodyTooSlow(pace.describe()) from None
-                    continue
-                if isinstance(event, h11.Data):
-                    pace.progress(len(event.data), loop.time())
-                return event
-        finally:
-            self.cancel_deadline()
 
     async def _whoami(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
         # Read and discard any body so the connection can be reused, under

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import h11
 
@@ -28,13 +27,10 @@ from certgate import metrics
 from certgate.errors import HTTPError
 from certgate.http.headers import response_headers_for_client
 from certgate.http.upgrade import WebSocketUpgrade, refuse_switch
-from certgate.proxy.channel import ChannelClosed, ChannelTimeout
+from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.pace import BodyPace, BodyTooSlow
 from certgate.proxy.tunnel import run_tunnel
 from certgate.proxy.upstream import UpstreamConnection, UpstreamPool
-
-if TYPE_CHECKING:
-    from certgate.proxy.client import ClientConnection
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -69,7 +65,7 @@ class Result:
     reusable: bool  # the client connection may serve another request
 
 
-async def _pump_body(client: ClientConnection, conn: UpstreamConnection, plan: Plan) -> None:
+async def _pump_body(client: Channel, conn: UpstreamConnection, plan: Plan) -> None:
     """Copy the client's request body to the upstream, with backpressure."""
     if client.h11.they_are_waiting_for_100_continue:
         client.send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -118,7 +114,7 @@ async def _drain_upstream(conn: UpstreamConnection, seconds: float) -> None:
                                  f"{seconds:g}s") from None
 
 
-async def relay(client: ClientConnection, plan: Plan) -> Result:
+async def relay(client: Channel, plan: Plan) -> Result:
     """Send ``plan.request`` upstream and stream the answer to ``client``."""
     retryable = plan.request.method in IDEMPOTENT and not plan.has_body
     attempt = 0
@@ -229,7 +225,7 @@ async def _next_head(conn: UpstreamConnection) -> h11.Response | h11.Information
 
 
 async def _deliver(
-    client: ClientConnection,
+    client: Channel,
     conn: UpstreamConnection,
     plan: Plan,
     head: h11.Response | h11.InformationalResponse,

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from certgate import metrics
 from certgate.hostnames import InvalidHost, normalise_host
-from certgate.proxy.client import ClientConnection, ConnectionInfo
+from certgate.proxy.client import ClientConnection
+from certgate.proxy.info import ConnectionInfo
 from certgate.tls.clienthello import MAX_CLIENT_HELLO, peek_client_hello
 
 if TYPE_CHECKING:
