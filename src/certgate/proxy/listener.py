@@ -28,6 +28,8 @@ from certgate import metrics
 from certgate.hostnames import InvalidHost, normalise_host
 from certgate.proxy.client import ClientConnection
 from certgate.proxy.info import ConnectionInfo
+from certgate.tls import alerts
+from certgate.tls.alerts import HandshakeWatch
 from certgate.tls.clienthello import MAX_CLIENT_HELLO, peek_client_hello
 
 if TYPE_CHECKING:
@@ -103,6 +105,10 @@ class Listener:
 
     async def _start_tls(self, runtime: Runtime, conn: socket.socket, context: ssl.SSLContext,
                          info: ConnectionInfo) -> None:
+        # This task's context is copied into the transport uvloop makes, so
+        # the SSL object finds the socket to finish a refusal on.
+        watch = HandshakeWatch(conn)
+        alerts.CURRENT.set(watch)
         try:
             await self._loop.connect_accepted_socket(
                 lambda: ClientConnection(runtime, info),
@@ -110,7 +116,10 @@ class Listener:
                 ssl=context,
                 ssl_handshake_timeout=runtime.config.limits.handshake_timeout,
             )
-        except (ssl.SSLError, OSError, TimeoutError) as exc:
+        except (ssl.SSLError, OSError, TimeoutError) as failure:
+            # After an alert went out the transport ends in end-of-file;
+            # what OpenSSL refused is the recorded error.
+            exc: BaseException = watch.error or failure
             self.handshake_failures += 1
             metrics.METRICS.handshake(self.label, metrics.handshake_failure_reason(exc))
             runtime.handshake_failed(info, exc)

@@ -20,6 +20,7 @@ resumed or not.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from cryptography.hazmat.primitives import serialization
 from certgate.config.schema import CertificateFiles, ClientAuth, TLSSettings
 from certgate.errors import CertgateError
 from certgate.hostnames import HostTable, InvalidHost, normalise_pattern
+from certgate.tls import openssl
+from certgate.tls.alerts import AlertingSSLObject
+
+log = logging.getLogger("certgate.tls")
 
 _VERIFY_MODE = {
     ClientAuth.REQUIRE: ssl.CERT_REQUIRED,
@@ -114,6 +119,8 @@ def _base_context(settings: TLSSettings) -> ssl.SSLContext:
     # HTTP/1.1 only: per-path client authentication cannot work over HTTP/2.
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # A refused handshake sends OpenSSL's alert before closing (tls/alerts.py).
+    ctx.sslobject_class = AlertingSSLObject
     if not settings.session_tickets:
         ctx.num_tickets = 0
         ctx.options |= ssl.OP_NO_TICKET
@@ -126,6 +133,36 @@ def _trust_clients(ctx: ssl.SSLContext, mode: ClientAuth, trust_pem: str | None)
         if not trust_pem:
             raise TLSSetupError("client certificates are asked for but no CA is trusted")
         ctx.load_verify_locations(cadata=trust_pem)
+        _send_ca_names(ctx, trust_pem)
+
+
+def ca_subjects(trust_pem: str) -> list[bytes]:
+    """The subject names (DER) of every trusted CA certificate, without repeats,
+    in bundle order: what a CertificateRequest lists, as nginx sends the
+    subjects of every certificate in ``ssl_client_certificate``."""
+    names: list[bytes] = []
+    for cert in x509.load_pem_x509_certificates(trust_pem.encode("ascii", "replace")):
+        der = cert.subject.public_bytes()
+        if der not in names:
+            names.append(der)
+    return names
+
+
+_ca_names_unavailable_logged = False
+
+
+def _send_ca_names(ctx: ssl.SSLContext, trust_pem: str) -> None:
+    """Put the trusted CA names in the CertificateRequest, so a browser or a
+    phone offers only certificates those CAs issued (TLS 1.2: RFC 5246
+    s.7.4.4 certificate_authorities; TLS 1.3: RFC 8446 s.4.2.4)."""
+    global _ca_names_unavailable_logged
+    try:
+        openssl.set_client_ca_names(ctx, ca_subjects(trust_pem))
+    except openssl.Unavailable as exc:
+        if not _ca_names_unavailable_logged:
+            _ca_names_unavailable_logged = True
+            log.warning("cannot send the trusted CA names to clients (%s); browsers and "
+                        "phones will offer every certificate they hold", exc)
 
 
 def server_context(

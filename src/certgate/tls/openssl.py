@@ -24,6 +24,11 @@ So this module calls the verifier itself, with the listener's settings:
   the context's certificate store, purpose ``ssl_client``, the context's
   verify parameters, and the context's security level as the auth level.
 
+The same access sets the acceptable-CA names of a CertificateRequest
+(:func:`set_client_ca_names`, ``SSL_CTX_set_client_CA_list``, which nginx
+sets from ``ssl_client_certificate``): Python's :mod:`ssl` cannot, and
+without the list browsers and phones offer every certificate they hold.
+
 Anything unexpected (another interpreter, a debug build, a symbol missing, the
 self-test failing) raises :class:`Unavailable` with the reason, and callers
 say that they cannot reproduce OpenSSL's verdict rather than guess one.
@@ -36,7 +41,7 @@ import ssl
 import sys
 from dataclasses import dataclass
 
-__all__ = ["ChainVerdict", "Unavailable", "verify_client_chain"]
+__all__ = ["ChainVerdict", "Unavailable", "set_client_ca_names", "verify_client_chain"]
 
 _P = ctypes.c_void_p
 
@@ -87,6 +92,11 @@ def _library() -> ctypes.CDLL:
         "X509_STORE_CTX_get_error": ([_P], ctypes.c_int),
         "X509_STORE_CTX_get_error_depth": ([_P], ctypes.c_int),
         "X509_verify_cert_error_string": ([ctypes.c_long], ctypes.c_char_p),
+        "d2i_X509_NAME": ([_P, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long], _P),
+        "X509_NAME_free": ([_P], None),
+        "OPENSSL_sk_num": ([_P], ctypes.c_int),
+        "SSL_CTX_set_client_CA_list": ([_P, _P], None),
+        "SSL_CTX_get_client_CA_list": ([_P], _P),
     }
     for name, (args, result) in signatures.items():
         try:
@@ -177,3 +187,40 @@ def verify_client_chain(context: ssl.SSLContext, chain_der: list[bytes]) -> Chai
             lib.OPENSSL_sk_free(stack)  # the certificates are freed below
         for cert in certs:
             lib.X509_free(cert)
+
+
+def set_client_ca_names(context: ssl.SSLContext, subjects_der: list[bytes]) -> int:
+    """Send ``subjects_der`` (DER X.509 Names) as the acceptable client CAs.
+
+    Returns the number of names the context now holds, read back from
+    libssl (the self-test: it must equal the number given).
+
+    Raises:
+        Unavailable: libssl cannot be reached safely, or the names did not
+            stick; the caller carries on without the list.
+    """
+    lib = _lib()
+    ssl_ctx = _ssl_ctx(context)
+    stack = lib.OPENSSL_sk_new_null()
+    if not stack:
+        raise Unavailable("OpenSSL allocation failed")
+    for der in subjects_der:
+        buffer = ctypes.c_char_p(der)
+        name = lib.d2i_X509_NAME(None, ctypes.byref(buffer), len(der))
+        if not name or lib.OPENSSL_sk_push(stack, name) <= 0:
+            if name:
+                lib.X509_NAME_free(name)
+            _free_names(lib, stack)
+            raise Unavailable("OpenSSL cannot decode or keep a CA name")
+    lib.SSL_CTX_set_client_CA_list(ssl_ctx, stack)  # the context owns the stack now
+    held = lib.SSL_CTX_get_client_CA_list(ssl_ctx)
+    count = lib.OPENSSL_sk_num(held) if held else 0
+    if count != len(subjects_der):
+        raise Unavailable(f"the context holds {count} CA names, not {len(subjects_der)}")
+    return count
+
+
+def _free_names(lib: ctypes.CDLL, stack: int) -> None:
+    lib.OPENSSL_sk_pop_free.argtypes = [_P, _P]
+    lib.OPENSSL_sk_pop_free.restype = None
+    lib.OPENSSL_sk_pop_free(stack, ctypes.cast(lib.X509_NAME_free, _P))

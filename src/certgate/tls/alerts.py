@@ -1,0 +1,82 @@
+"""Send the TLS alert OpenSSL wrote before a failed handshake's connection closes.
+
+Theory of operation
+-------------------
+When OpenSSL refuses a client during the handshake (no certificate, an
+unknown CA, an expired certificate...), it writes a fatal alert
+(``certificate_required``, ``unknown_ca``, ``certificate_expired``...,
+RFC 8446 s.6.2) into the outgoing memory BIO and ``do_handshake`` raises.
+uvloop's SSL protocol (like asyncio's) then closes the transport at once,
+without sending what is in that BIO. The client sees the TCP connection
+vanish: Chromium says "site can't be reached", curl "Empty reply from
+server", and nobody learns that a certificate was the problem.
+
+:class:`AlertingSSLObject` is set as the listener contexts'
+``sslobject_class``. When ``do_handshake`` fails, it records the error and
+raises ``SSLWantReadError`` instead, which makes uvloop do what it does
+while a handshake is in progress: flush the outgoing BIO (the alert) to the
+socket and wait for more data. Right after, the read side of the socket is
+shut down, so the wait ends at once with end-of-file; any later call raises
+the recorded error. Nothing is weakened: the handshake never completes, no
+application data is read, and the listener reports the recorded error (not
+the end-of-file) for logs and metrics.
+
+The socket and the place to record the error reach the SSL object through a
+context variable set by the listener around ``connect_accepted_socket``:
+uvloop creates the transport, and so runs every handshake step, in a copy
+of the calling task's context. Without it (another caller of these
+contexts), a failure is raised as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import socket
+import ssl
+from dataclasses import dataclass
+
+__all__ = ["CURRENT", "AlertingSSLObject", "HandshakeWatch"]
+
+
+@dataclass(slots=True)
+class HandshakeWatch:
+    """One connection's handshake, as the listener sees it."""
+
+    sock: socket.socket
+    #: The error OpenSSL raised, once the handshake has failed.
+    error: ssl.SSLError | None = None
+
+
+CURRENT: contextvars.ContextVar[HandshakeWatch | None] = contextvars.ContextVar(
+    "certgate_handshake", default=None)
+
+
+class AlertingSSLObject(ssl.SSLObject):
+    """An SSLObject that lets the alert of a failed handshake go out first."""
+
+    _certgate_failed: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        failed = self._certgate_failed
+        if failed is not None:
+            raise failed
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            watch = CURRENT.get()
+            if watch is None:
+                raise
+            self._certgate_failed = watch.error = exc
+            # Runs after uvloop has flushed the outgoing BIO for the
+            # "want read" below: the alert is in the kernel by then.
+            asyncio.get_running_loop().call_soon(_stop_reading, watch.sock)
+            raise ssl.SSLWantReadError("handshake failed; sending the alert") from None
+
+
+def _stop_reading(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
