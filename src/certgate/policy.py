@@ -45,6 +45,7 @@ How a rule decides, in order:
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -110,9 +111,26 @@ def _path_matches(pattern: str, path: str) -> bool:
     return fnmatch.fnmatchcase(path, pattern)
 
 
+# Where a segment's parameters begin: ";" or its escape, since a framework
+# that percent-decodes the path before stripping parameters reads "%3B" as
+# ";" (the path normaliser treats it so for dot segments too).
+_PARAMS = re.compile(r";|%3B", re.IGNORECASE)
+
+
 def strip_parameters(path: str) -> str:
-    """``path`` with ``;params`` removed from every segment (what a servlet routes on)."""
-    return "/".join(segment.partition(";")[0] for segment in path.split("/"))
+    """``path`` as a servlet container routes it: ``;params`` (or ``%3Bparams``)
+    removed from every segment, then the empty segments that leaves merged.
+
+    Tomcat and Spring merge ``//`` after stripping, so ``/;x/admin`` is their
+    ``/admin``; leaving it ``//admin`` would let it match no ``/admin`` route
+    or rule here.
+    """
+    if ";" not in path and "%3" not in path:
+        return path
+    segments = [_PARAMS.split(segment, 1)[0] for segment in path.split("/")[1:]]
+    kept = [segment for segment in segments if segment]
+    trailing = bool(segments) and segments[-1] == "" and bool(kept)
+    return "/" + "/".join(kept) + ("/" if trailing else "")
 
 
 def _safe(text: str, limit: int = 64) -> str:
@@ -148,7 +166,7 @@ def decide(
     """
     role_set = frozenset(roles)
     decision = _decide_one(route, path, method, identity, role_set)
-    if decision.allowed and ";" in path:
+    if decision.allowed:
         stripped = strip_parameters(path)
         if stripped != path:
             other = _decide_one(route, stripped, method, identity, role_set)

@@ -66,18 +66,27 @@ _FOLD = bytes.maketrans(b"_.", b"--")
 # Access (Cf-Access-*); Google IAP (X-Goog-Authenticated-User-*); Tailscale
 # (Tailscale-User-*); IIS/Symfony/Laminas URL rewriting (X-Original-URL,
 # X-Rewrite-URL); method overrides honoured by many frameworks
-# (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override). A route may
-# let named ones through with ``pass_headers``.
+# (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override). Also (found by
+# the red-team pass): ``Proxy``, which CGI-style upstreams expose as
+# HTTP_PROXY and HTTP client libraries then use as their outbound proxy
+# (httpoxy, CVE-2016-5385); client-IP headers CDNs set (True-Client-IP,
+# CF-Connecting-IP, Fastly-Client-IP, X-Cluster-Client-IP,
+# X-Original-Forwarded-For), read by Rails, Laravel and rate limiters;
+# host rewrites (X-Original-Host, X-Host) used to build absolute URLs; and
+# Envoy's X-Envoy-* request headers, which an Envoy upstream trusts from its
+# downstream. A route may let named ones through with ``pass_headers``.
 _SPOOFABLE_EXACT = frozenset({
     b"client-cert", b"client-cert-chain", b"x-ssl-cert", b"x-arr-clientcert",
     b"x-original-url", b"x-rewrite-url", b"x-http-method-override", b"x-http-method",
     b"x-method-override", b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups",
     b"x-forwarded-preferred-username", b"x-forwarded-access-token",
+    b"proxy", b"true-client-ip", b"cf-connecting-ip", b"fastly-client-ip",
+    b"x-cluster-client-ip", b"x-original-forwarded-for", b"x-original-host", b"x-host",
 })
 _SPOOFABLE_PREFIXES = (
     b"x-amzn-mtls-clientcert", b"x-amzn-oidc-", b"x-remote-", b"remote-", b"x-webauth-",
     b"x-auth-request-", b"x-authentik-", b"x-pomerium-", b"cf-access-",
-    b"x-goog-authenticated-user-", b"tailscale-user-",
+    b"x-goog-authenticated-user-", b"tailscale-user-", b"x-envoy-",
 )
 # Names Connection may not list: dropping them would change the request's
 # framing or target (Host, Content-Length, Transfer-Encoding) rather than
