@@ -53,7 +53,8 @@ from certgate.config.schema import ClientAuth, PathRule, Route
 from certgate.matchers import ANY, Matcher
 from certgate.tls.identity import ClientIdentity
 
-__all__ = ["Decision", "decide", "describe_identity", "pick_rule", "strip_parameters"]
+__all__ = ["Decision", "decide", "describe_identity", "other_readings", "pick_rule",
+           "strip_parameters"]
 
 # Decision codes: a small fixed set, for logs, ``explain`` and metric labels.
 CERTIFICATE_REQUIRED = "certificate required"
@@ -87,15 +88,21 @@ def _specificity(pattern: str) -> tuple[int, int]:
     return (cut, len(pattern))
 
 
-def pick_rule(route: Route, path: str, method: str) -> PathRule | None:
-    """The path rule that governs ``method path`` on ``route``, if any."""
+def pick_rule(route: Route, path: str, method: str, *, fold: bool = False) -> PathRule | None:
+    """The path rule that governs ``method path`` on ``route``, if any.
+
+    ``fold``: compare without regard to letter case, as an upstream that
+    routes case-insensitively (Express and so NestJS/Immich by default,
+    ASP.NET, IIS) reads the path.
+    """
     best: PathRule | None = None
     best_key = (-1, -1)
     method = method.upper()
     for rule in route.rules:
         if rule.methods is not None and method not in rule.methods:
             continue
-        if not _path_matches(rule.path, path):
+        if not _path_matches(rule.path.lower() if fold else rule.path,
+                             path.lower() if fold else path):
             continue
         key = _specificity(rule.path)
         if key > best_key:
@@ -167,17 +174,37 @@ def decide(
     role_set = frozenset(roles)
     decision = _decide_one(route, path, method, identity, role_set)
     if decision.allowed:
-        stripped = strip_parameters(path)
-        if stripped != path:
-            other = _decide_one(route, stripped, method, identity, role_set)
+        for reading, fold in other_readings(path, route):
+            other = _decide_one(route, reading, method, identity, role_set, fold=fold)
             if not other.allowed:
                 return other
     return decision
 
 
+def other_readings(path: str, route: Route | None = None) -> list[tuple[str, bool]]:
+    """How else an upstream may read ``path``: (path, case-folded) pairs.
+
+    A servlet container strips ``;params`` (:func:`strip_parameters`); a
+    case-insensitive router (Express, ASP.NET, IIS) ignores letter case, so
+    ``/ADMIN`` is its ``/admin``. A request must pass the policy under every
+    reading, so no spelling moves it onto a laxer rule. The folded reading is
+    only needed when the path or one of ``route``'s rule patterns has an
+    upper-case letter.
+    """
+    out: list[tuple[str, bool]] = []
+    stripped = strip_parameters(path)
+    if stripped != path:
+        out.append((stripped, False))
+    upper = path != path.lower() or (route is not None and any(
+        rule.path != rule.path.lower() for rule in route.rules))
+    if upper:
+        out.append((stripped, True))
+    return out
+
+
 def _decide_one(route: Route, path: str, method: str, identity: ClientIdentity | None,
-                roles: Collection[str]) -> Decision:
-    rule = pick_rule(route, path, method)
+                roles: Collection[str], *, fold: bool = False) -> Decision:
+    rule = pick_rule(route, path, method, fold=fold)
     mode = rule.client_auth if rule is not None and rule.client_auth is not None \
         else route.client_auth
     label = f"route {route.name}" + (f", rule {rule.path}" if rule is not None else "")

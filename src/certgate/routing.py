@@ -47,9 +47,13 @@ class HostRoutes:
     routes: tuple[Route, ...]
     mode: ClientAuth
 
-    def match(self, path: str) -> Route | None:
+    def match(self, path: str, *, fold: bool = False) -> Route | None:
+        """The route of the longest prefix of ``path`` (``fold``: ignoring
+        letter case, as a case-insensitive upstream router reads it)."""
+        if fold:
+            path = path.lower()
         for route in self.routes:
-            prefix = route.path
+            prefix = route.path.lower() if fold else route.path
             if (
                 prefix == "/"
                 or path == prefix

@@ -35,7 +35,7 @@ from certgate.hostnames import InvalidHost, normalise_host
 from certgate.http import headers as hdr
 from certgate.http.target import BadTarget, parse_target
 from certgate.http.upgrade import WebSocketUpgrade, requested_upgrade
-from certgate.policy import Decision, decide, strip_parameters
+from certgate.policy import Decision, decide, other_readings
 from certgate.tls.identity import ClientIdentity
 from certgate.tls.verify import Refusal
 
@@ -186,13 +186,15 @@ def admit(
     route = host_routes.match(target.path)
     if route is None:
         raise HTTPError(404, f"no route for {host}{target.path}")
-    if host_routes.match(strip_parameters(target.path)) is not route:
-        # A servlet container routes /admin;x/y as /admin/y: judged by the
-        # route of the path as sent (say the public "/"), it would reach the
-        # /admin route's application unjudged. The policy checks path rules
-        # both ways; a route must be the same both ways.
-        raise HTTPError(400, "path parameters (;) change which route serves this path",
-                        close=True)
+    for reading, fold in other_readings(target.path):
+        if host_routes.match(reading, fold=fold) is not route:
+            # A servlet container routes /admin;x/y as /admin/y, and Express
+            # routes /ADMIN as /admin: judged by the route of the path as sent
+            # (say the public "/"), either would reach the /admin route's
+            # application unjudged. The policy checks path rules under every
+            # reading; the route must be the same under every reading.
+            raise HTTPError(400, "path parameters (;) or letter case change which route "
+                                 "serves this path", close=True)
     if refusal is not None:
         raise HTTPError(403, refusal.reason, close=True, kind=refusal.label,
                         route=route.name)
