@@ -1,4 +1,4 @@
-"""Scrape-time gauges: certificate expiry, CRL freshness, build info.
+"""Scrape-time gauges: certificate validity, CRL freshness, build info.
 
 These describe files, not traffic, so they are read from the files when
 Prometheus scrapes rather than recorded by each worker: one value per
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ class Expiry:
     name: str
     serial: str
     not_after: float
+    #: With ``not_after`` this gives the lifetime, which the client expiry
+    #: alert needs: a 24-hour certificate always has under 14 days left.
+    not_before: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,8 @@ def _certificates(path: Path, kind: str) -> list[Expiry]:
     if kind == "server":
         certs = certs[:1]  # the leaf; the rest of a fullchain is CA material
     return [Expiry(kind, _common_name(c), format(c.serial_number, "x"),
-                   c.not_valid_after_utc.timestamp()) for c in certs]
+                   c.not_valid_after_utc.timestamp(), c.not_valid_before_utc.timestamp())
+            for c in certs]
 
 
 def _dns_names(path: Path) -> tuple[str, ...]:
@@ -76,9 +81,10 @@ def _crls(path: Path) -> list[CRLState]:
 class InventoryCollector:
     """A prometheus-client collector over the files the current config names."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         #: Replaced on reload; read once per scrape.
         self.config = config
+        self._clock = clock
         self._cache: dict[tuple[str, str], tuple[tuple[int, ...], Any]] = {}
 
     def _cached(self, path: Path, kind: str, parse: Callable[[Path], Any],
@@ -128,8 +134,14 @@ class InventoryCollector:
         database = ca_dir / "inventory.sqlite3"
         if config.uses_builtin_ca and database.exists():
             # WAL mode: a change lands in the -wal file before the database.
-            found += self._cached(database, "client", _client_expiries,
-                                  also=(database.with_name(database.name + "-wal"),))
+            clients: list[Expiry] = self._cached(
+                database, "client", _client_expiries,
+                also=(database.with_name(database.name + "-wal"),))
+            # The cache is keyed on the database files, not the clock: a
+            # certificate that expired since the last write is dropped here,
+            # or it would be reported (and alert) until the next CA change.
+            now = self._clock()
+            found += [item for item in clients if item.not_after > now]
         return found
 
     def crl_states(self) -> list[CRLState]:
@@ -152,13 +164,19 @@ class InventoryCollector:
             "certgate_certificate_expiry_timestamp_seconds",
             "notAfter of served server certificates, trusted CAs and the built-in CA's "
             "client certificates in use", labels=["kind", "name", "serial"])
+        issued = GaugeMetricFamily(
+            "certgate_certificate_not_before_timestamp_seconds",
+            "notBefore of the same certificates (notAfter minus notBefore is the lifetime)",
+            labels=["kind", "name", "serial"])
         seen: set[tuple[str, str, str]] = set()
         for item in self.expiries():
             labels = (item.kind, item.name, item.serial)
             if labels not in seen:
                 seen.add(labels)
                 expiry.add_metric(list(labels), item.not_after)
+                issued.add_metric(list(labels), item.not_before)
         yield expiry
+        yield issued
         next_update = GaugeMetricFamily("certgate_crl_next_update_timestamp_seconds",
                                         "nextUpdate of each CRL in force", labels=["issuer"])
         revoked = GaugeMetricFamily("certgate_crl_revoked", "Entries in each CRL in force",
@@ -175,5 +193,5 @@ def _client_expiries(database: Path) -> list[Expiry]:
     from certgate.ca import CertificateAuthority
 
     ca = CertificateAuthority.open(database.parent.parent)
-    return [Expiry("client", name, format(serial, "x"), when.timestamp())
-            for name, serial, when in ca.client_expiries()]
+    return [Expiry("client", name, format(serial, "x"), end.timestamp(), start.timestamp())
+            for name, serial, start, end in ca.client_expiries()]

@@ -422,14 +422,16 @@ class CertificateAuthority:
         finally:
             store.close()
 
-    def client_expiries(self) -> list[tuple[str, int, datetime]]:
-        """(name, serial, not_after) of every valid client certificate; read-only."""
+    def client_expiries(self) -> list[tuple[str, int, datetime, datetime]]:
+        """(name, serial, not_before, not_after) of every client certificate in
+        use (neither revoked, superseded nor expired); read-only."""
         store = Store(self.layout.database)
         try:
             rows = store.valid_client_expiries(utcnow())
         finally:
             store.close()
-        return [(name, serial, parse_rfc3339(when)) for name, serial, when in rows]
+        return [(name, serial, parse_rfc3339(start), parse_rfc3339(end))
+                for name, serial, start, end in rows]
 
     def roles_for_serial(self, serial: int) -> tuple[str, ...]:
         """Roles of a valid certificate; () for unknown, revoked or expired ones."""
