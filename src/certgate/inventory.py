@@ -11,6 +11,7 @@ once per change, in the exporter's thread, never on an event loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -22,10 +23,9 @@ from typing import Any
 from cryptography import x509
 
 from certgate import __version__
-from certgate.ca.issuance import host_set_name
 from certgate.config.schema import BUILTIN, Config
 from certgate.revocation import parse_crls
-from certgate.routing import uncovered_hosts
+from certgate.routing import automatic_host_sets, uncovered_hosts
 from certgate.tls.contexts import server_names
 
 log = logging.getLogger("certgate.inventory")
@@ -121,22 +121,26 @@ class InventoryCollector:
         for files in config.tls.certificates:
             found += self._cached(files.cert, "server", lambda p: _certificates(p, "server"))
             names += self._cached(files.cert, "names", _dns_names)
+        database = ca_dir / "inventory.sqlite3"
+        wal = database.with_name(database.name + "-wal")
         uncovered = uncovered_hosts(config, names)
-        if uncovered:
-            # The one automatic certificate a runtime of this config serves
-            # (CertificateAuthority.ensure_server_certificate); older ones
-            # left in the directory are not served and not reported.
-            path = ca_dir / "servers" / f"{host_set_name(uncovered)}.fullchain.pem"
-            found += self._cached(path, "server", lambda p: _certificates(p, "server"))
+        for hosts in automatic_host_sets(uncovered, configured=bool(config.tls.certificates)):
+            # The automatic certificates a runtime of this config serves, one
+            # per host (CertificateAuthority.ensure_server_certificate picks
+            # the newest valid one naming exactly these hosts; a renewal or an
+            # issuance writes the database). Older ones left in the directory,
+            # such as the combined certificate of earlier versions, are not
+            # served and not reported.
+            found += self._cached(database, "server:" + ",".join(hosts),
+                                  functools.partial(_automatic_expiry, hosts=hosts),
+                                  also=(wal,))
         for source in config.client_auth.trusted_cas:
             path = ca_dir / "bundle.pem" if source == BUILTIN else Path(source)
             found += self._cached(path, "ca", lambda p: _certificates(p, "ca"))
-        database = ca_dir / "inventory.sqlite3"
         if config.uses_builtin_ca and database.exists():
             # WAL mode: a change lands in the -wal file before the database.
-            clients: list[Expiry] = self._cached(
-                database, "client", _client_expiries,
-                also=(database.with_name(database.name + "-wal"),))
+            clients: list[Expiry] = self._cached(database, "client", _client_expiries,
+                                                 also=(wal,))
             # The cache is keyed on the database files, not the clock: a
             # certificate that expired since the last write is dropped here,
             # or it would be reported (and alert) until the next CA change.
@@ -195,3 +199,10 @@ def _client_expiries(database: Path) -> list[Expiry]:
     ca = CertificateAuthority.open(database.parent.parent)
     return [Expiry("client", name, format(serial, "x"), end.timestamp(), start.timestamp())
             for name, serial, start, end in ca.client_expiries()]
+
+
+def _automatic_expiry(database: Path, hosts: tuple[str, ...]) -> list[Expiry]:
+    from certgate.ca import CertificateAuthority
+
+    files = CertificateAuthority.open(database.parent.parent).served_server_files(hosts)
+    return _certificates(files[0], "server") if files is not None else []

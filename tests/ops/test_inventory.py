@@ -27,11 +27,13 @@ def test_automatic_certificate_is_reported_until_a_configured_one_covers_the_hos
     state = tmp_path / "state"
     config = load_config_text(_config(state), "c.yaml", base_dir=tmp_path)
     runtime = build_runtime(config)
-    automatic = runtime.automatic_certificate
+    automatic = runtime.automatic_certificates
     runtime.close()
-    assert automatic is not None
+    # The default certificate (no SNI) names no route; app.test gets its own.
+    assert [cert.names for cert in automatic] == [("localhost",), ("app.test",)]
     servers = [e for e in InventoryCollector(config).expiries() if e.kind == "server"]
-    assert [(e.name, e.not_after) for e in servers] == [("app.test", automatic.not_after)]
+    assert [(e.name, e.not_after) for e in servers] == [
+        (cert.names[0], cert.not_after) for cert in automatic]
 
     ca = CertificateAuthority.open(state)
     issued = ca.issue_server(["app.test"], name="configured", days=10, out_dir=tmp_path)
