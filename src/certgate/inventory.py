@@ -1,4 +1,4 @@
-"""Scrape-time gauges: certificate expiry, CRL freshness, build info.
+"""Scrape-time gauges: certificate validity, CRL freshness, build info.
 
 These describe files, not traffic, so they are read from the files when
 Prometheus scrapes rather than recorded by each worker: one value per
@@ -11,8 +11,10 @@ once per change, in the exporter's thread, never on an event loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,9 @@ from typing import Any
 from cryptography import x509
 
 from certgate import __version__
-from certgate.ca.issuance import host_set_name
 from certgate.config.schema import BUILTIN, Config
 from certgate.revocation import parse_crls
-from certgate.routing import uncovered_hosts
+from certgate.routing import automatic_host_sets, uncovered_hosts
 from certgate.tls.contexts import server_names
 
 log = logging.getLogger("certgate.inventory")
@@ -36,6 +37,9 @@ class Expiry:
     name: str
     serial: str
     not_after: float
+    #: With ``not_after`` this gives the lifetime, which the client expiry
+    #: alert needs: a 24-hour certificate always has under 14 days left.
+    not_before: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,8 @@ def _certificates(path: Path, kind: str) -> list[Expiry]:
     if kind == "server":
         certs = certs[:1]  # the leaf; the rest of a fullchain is CA material
     return [Expiry(kind, _common_name(c), format(c.serial_number, "x"),
-                   c.not_valid_after_utc.timestamp()) for c in certs]
+                   c.not_valid_after_utc.timestamp(), c.not_valid_before_utc.timestamp())
+            for c in certs]
 
 
 def _dns_names(path: Path) -> tuple[str, ...]:
@@ -76,9 +81,10 @@ def _crls(path: Path) -> list[CRLState]:
 class InventoryCollector:
     """A prometheus-client collector over the files the current config names."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         #: Replaced on reload; read once per scrape.
         self.config = config
+        self._clock = clock
         self._cache: dict[tuple[str, str], tuple[tuple[int, ...], Any]] = {}
 
     def _cached(self, path: Path, kind: str, parse: Callable[[Path], Any],
@@ -115,21 +121,31 @@ class InventoryCollector:
         for files in config.tls.certificates:
             found += self._cached(files.cert, "server", lambda p: _certificates(p, "server"))
             names += self._cached(files.cert, "names", _dns_names)
+        database = ca_dir / "inventory.sqlite3"
+        wal = database.with_name(database.name + "-wal")
         uncovered = uncovered_hosts(config, names)
-        if uncovered:
-            # The one automatic certificate a runtime of this config serves
-            # (CertificateAuthority.ensure_server_certificate); older ones
-            # left in the directory are not served and not reported.
-            path = ca_dir / "servers" / f"{host_set_name(uncovered)}.fullchain.pem"
-            found += self._cached(path, "server", lambda p: _certificates(p, "server"))
+        for hosts in automatic_host_sets(uncovered, configured=bool(config.tls.certificates)):
+            # The automatic certificates a runtime of this config serves, one
+            # per host (CertificateAuthority.ensure_server_certificate picks
+            # the newest valid one naming exactly these hosts; a renewal or an
+            # issuance writes the database). Older ones left in the directory,
+            # such as the combined certificate of earlier versions, are not
+            # served and not reported.
+            found += self._cached(database, "server:" + ",".join(hosts),
+                                  functools.partial(_automatic_expiry, hosts=hosts),
+                                  also=(wal,))
         for source in config.client_auth.trusted_cas:
             path = ca_dir / "bundle.pem" if source == BUILTIN else Path(source)
             found += self._cached(path, "ca", lambda p: _certificates(p, "ca"))
-        database = ca_dir / "inventory.sqlite3"
         if config.uses_builtin_ca and database.exists():
             # WAL mode: a change lands in the -wal file before the database.
-            found += self._cached(database, "client", _client_expiries,
-                                  also=(database.with_name(database.name + "-wal"),))
+            clients: list[Expiry] = self._cached(database, "client", _client_expiries,
+                                                 also=(wal,))
+            # The cache is keyed on the database files, not the clock: a
+            # certificate that expired since the last write is dropped here,
+            # or it would be reported (and alert) until the next CA change.
+            now = self._clock()
+            found += [item for item in clients if item.not_after > now]
         return found
 
     def crl_states(self) -> list[CRLState]:
@@ -152,13 +168,19 @@ class InventoryCollector:
             "certgate_certificate_expiry_timestamp_seconds",
             "notAfter of served server certificates, trusted CAs and the built-in CA's "
             "client certificates in use", labels=["kind", "name", "serial"])
+        issued = GaugeMetricFamily(
+            "certgate_certificate_not_before_timestamp_seconds",
+            "notBefore of the same certificates (notAfter minus notBefore is the lifetime)",
+            labels=["kind", "name", "serial"])
         seen: set[tuple[str, str, str]] = set()
         for item in self.expiries():
             labels = (item.kind, item.name, item.serial)
             if labels not in seen:
                 seen.add(labels)
                 expiry.add_metric(list(labels), item.not_after)
+                issued.add_metric(list(labels), item.not_before)
         yield expiry
+        yield issued
         next_update = GaugeMetricFamily("certgate_crl_next_update_timestamp_seconds",
                                         "nextUpdate of each CRL in force", labels=["issuer"])
         revoked = GaugeMetricFamily("certgate_crl_revoked", "Entries in each CRL in force",
@@ -175,5 +197,12 @@ def _client_expiries(database: Path) -> list[Expiry]:
     from certgate.ca import CertificateAuthority
 
     ca = CertificateAuthority.open(database.parent.parent)
-    return [Expiry("client", name, format(serial, "x"), when.timestamp())
-            for name, serial, when in ca.client_expiries()]
+    return [Expiry("client", name, format(serial, "x"), end.timestamp(), start.timestamp())
+            for name, serial, start, end in ca.client_expiries()]
+
+
+def _automatic_expiry(database: Path, hosts: tuple[str, ...]) -> list[Expiry]:
+    from certgate.ca import CertificateAuthority
+
+    files = CertificateAuthority.open(database.parent.parent).served_server_files(hosts)
+    return _certificates(files[0], "server") if files is not None else []

@@ -20,7 +20,8 @@ name of a different class than the one its handshake was made for is answered
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from certgate.config.schema import ClientAuth, Config, Route
@@ -104,3 +105,40 @@ def uncovered_hosts(config: Config, names: Iterable[str]) -> list[str]:
         if table.lookup(probe) is None and table.lookup(route.host) is None:
             hosts.append(route.host)
     return hosts
+
+
+#: What a connection without SNI (or with a name no certificate has) is
+#: shown when certgate issues every certificate itself and no route host
+#: is an IP literal: a name that reveals no route.
+NEUTRAL_HOST = "localhost"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def automatic_host_sets(uncovered: Sequence[str], configured: bool) -> list[tuple[str, ...]]:
+    """The host sets of the automatic server certificates a runtime serves,
+    the default one (for connections without SNI) first.
+
+    One certificate per route host, so a client that asks for a.test learns
+    a.test and nothing else (issue #12); a ``*.example.com`` route gets a
+    wildcard certificate. The default certificate matters when certgate
+    issues every certificate itself (``configured`` is False; otherwise the
+    first configured certificate stays the default, as before). Clients
+    send no SNI for an IP literal (RFC 6066 s.3), so the default names the
+    IP-literal route hosts, which such a client already knows; without any
+    it names only ``localhost``. A scanner connecting by address, or with a
+    guessed name, thus learns no route's host name.
+    """
+    sets: list[tuple[str, ...]] = []
+    if not configured and uncovered:
+        sets.append(tuple(h for h in uncovered if _is_ip(h)) or (NEUTRAL_HOST,))
+    for host in uncovered:
+        if not _is_ip(host) and (host,) not in sets:
+            sets.append((host,))
+    return sets

@@ -28,7 +28,7 @@ from certgate.revocation import (
 )
 from certgate.revocation_state import STATE_FILE
 from certgate.roles import resolve as resolve_roles
-from certgate.routing import RouteTable, uncovered_hosts
+from certgate.routing import RouteTable, automatic_host_sets, uncovered_hosts
 from certgate.tls.contexts import (
     ContextSet,
     ServerCertificate,
@@ -83,12 +83,13 @@ class Runtime:
         crl_paths: tuple[Path, ...] = (),
         trust_pem: str = "",
         trust_sources: tuple[Path, ...] = (),
-        automatic_certificate: ServerCertificate | None = None,
+        automatic_certificates: tuple[ServerCertificate, ...] = (),
         revocation_sources: RevocationSources | None = None,
     ) -> None:
-        #: The server certificate certgate issued itself for hosts no
-        #: configured certificate covers; renewed by a rebuild (see watch.py).
-        self.automatic_certificate = automatic_certificate
+        #: The server certificates certgate issued itself for hosts no
+        #: configured certificate covers, one per host (see
+        #: routing.automatic_host_sets); renewed by a rebuild (see watch.py).
+        self.automatic_certificates = automatic_certificates
         self.trust_sources = trust_sources
         #: What the revocation watcher re-reads (see certgate.watch).
         self.crl_paths = crl_paths
@@ -247,12 +248,16 @@ def build_runtime(config: Config, notice: Notice = log.warning,
     certificates = [read_server_certificate(files) for files in config.tls.certificates]
     uncovered = uncovered_hosts(config, (n for cert in certificates for n in cert.names))
     ca = open_builtin_ca(config, notice, create=needs_builtin or bool(uncovered))
-    automatic: ServerCertificate | None = None
-    if uncovered:
+    automatic: list[ServerCertificate] = []
+    for hosts in automatic_host_sets(uncovered, configured=bool(certificates)):
         assert ca is not None
-        cert_path, key_path = ca.ensure_server_certificate(uncovered)
-        automatic = read_server_certificate(CertificateFiles(cert_path, key_path))
-        certificates.append(automatic)
+        cert_path, key_path = ca.ensure_server_certificate(hosts)
+        if any(cert.files.cert == cert_path for cert in automatic):
+            continue  # the default is also a route's (localhost, one IP host)
+        automatic.append(read_server_certificate(CertificateFiles(cert_path, key_path)))
+    # The first certificate is the one for connections without SNI or with
+    # a name no certificate has (ContextSet.select).
+    certificates += automatic
     sources: list[Path] = []
     checked: list[Path] = []  # trusted CAs whose revocation must be checked
     for source in config.client_auth.trusted_cas:
@@ -283,7 +288,8 @@ def build_runtime(config: Config, notice: Notice = log.warning,
         log.warning("%s", no_crl_warning(path))
     runtime = Runtime(config, routes, contexts, revocation, ca, crl_paths=tuple(crl_paths),
                       trust_pem=trust_pem or "", trust_sources=tuple(sources),
-                      automatic_certificate=automatic, revocation_sources=revocation_sources)
+                      automatic_certificates=tuple(automatic),
+                      revocation_sources=revocation_sources)
     for warning in issuer_matcher_warnings(config, runtime.issuers):
         notice(f"certgate: warning: {warning}")
     return runtime

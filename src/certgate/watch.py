@@ -156,18 +156,16 @@ class RevocationWatcher:
             self._rebuild()
 
     def _check_renewal(self, runtime: Runtime, now: float) -> None:
-        """Rebuild when certgate's own server certificate nears its end:
+        """Rebuild when one of certgate's own server certificates nears its end:
         building a runtime renews it (like Caddy's automatic certificates)."""
         if now < self._next_renewal_check:
             return
         self._next_renewal_check = now + RENEWAL_CHECK_INTERVAL
-        automatic = runtime.automatic_certificate
-        if automatic is None or \
-                time.time() < automatic.not_after - SERVER_RENEW_BEFORE.total_seconds():
-            return
-        if self._rebuild is not None:
+        due = [cert for cert in runtime.automatic_certificates
+               if time.time() >= cert.not_after - SERVER_RENEW_BEFORE.total_seconds()]
+        if due and self._rebuild is not None:
             log.info("the automatic server certificate %s expires soon; renewing",
-                     automatic.files.cert)
+                     ", ".join(str(cert.files.cert) for cert in due))
             self._rebuild()
 
     def warn_if_stale(self, runtime: Runtime, now: float) -> None:

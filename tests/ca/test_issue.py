@@ -138,9 +138,17 @@ def test_server_certificate(ca: CertificateAuthority, tmp_path: Path) -> None:
 def test_ensure_server_certificate_reuses(ca: CertificateAuthority) -> None:
     first = ca.ensure_server_certificate(["proxy.lan", "10.0.0.1"])
     first_pem = first[0].read_bytes()
-    again = ca.ensure_server_certificate(["10.0.0.1"])
+    again = ca.ensure_server_certificate(["10.0.0.1", "proxy.lan"])
     assert first == again
     assert first[0].read_bytes() == first_pem
+    # A certificate that covers more than was asked for is not reused: it
+    # would name proxy.lan to every client of 10.0.0.1 (issue #12).
+    narrower = ca.ensure_server_certificate(["10.0.0.1"])
+    assert narrower != first
+    leaf = x509.load_pem_x509_certificates(narrower[0].read_bytes())[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == []
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.1"]
     assert all(path.is_relative_to(ca.state_dir) for path in first)
     wider = ca.ensure_server_certificate(["proxy.lan", "other.lan"])
     assert wider != first

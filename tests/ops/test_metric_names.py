@@ -40,6 +40,8 @@ EXPORTED: dict[str, dict[str, set[str] | None]] = {
     "certgate_bytes_total": {"direction": {"in", "out"}},
     "certgate_certificate_expiry_timestamp_seconds": {"kind": {"server", "ca", "client"},
                                                       "name": None, "serial": None},
+    "certgate_certificate_not_before_timestamp_seconds": {"kind": {"server", "ca", "client"},
+                                                          "name": None, "serial": None},
     "certgate_crl_next_update_timestamp_seconds": {"issuer": None},
     "certgate_crl_revoked": {"issuer": None},
     "certgate_crl_stale_admissions_total": {"issuer": None},

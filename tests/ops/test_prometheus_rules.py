@@ -1,5 +1,6 @@
 """config/prometheus/: the alert rules and scrape config pass promtool, and the
 rule tests (an expiring server certificate fires its alert, acceptance 5;
+a client certificate with 10 days left fires its alert, issue #12 acceptance 6;
 stale CRLs and failed reloads fire theirs) pass ``promtool test rules``.
 
 promtool comes with Debian's ``prometheus`` package, which ``.ci/run``
@@ -48,8 +49,8 @@ def test_scrape_config_passes_promtool_check_config() -> None:
 def test_there_are_rule_tests_for_expiry_revocation_and_reload() -> None:
     text = "\n".join(path.read_text() for path in RULE_TESTS)
     for alert in ("CertgateServerCertificateExpiringSoon", "CertgateCACertificateExpiringSoon",
-                  "CertgateCRLStale", "CertgateCRLNextUpdateSoon",
-                  "CertgateConfigReloadFailed"):
+                  "CertgateClientCertificateExpiringSoon", "CertgateCRLStale",
+                  "CertgateCRLNextUpdateSoon", "CertgateConfigReloadFailed"):
         assert f"alertname: {alert}" in text, f"no promtool test exercises {alert}"
 
 

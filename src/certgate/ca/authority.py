@@ -248,7 +248,7 @@ class CertificateAuthority:
             return issuance.issue(s, request, issuance.server_files(self.layout, out_dir))
 
     def ensure_server_certificate(self, hosts: Sequence[str]) -> tuple[Path, Path]:
-        """(fullchain, key) in the state dir for a certificate covering ``hosts``.
+        """(fullchain, key) in the state dir for a certificate naming exactly ``hosts``.
 
         Reuses a stored one with more than 30 days left; otherwise issues one.
         """
@@ -261,6 +261,18 @@ class CertificateAuthority:
             request = issuance.server_request(s, hosts, name, SERVER_LIFETIME)
             issuance.issue(s, request, issuance.server_files(self.layout, None))
         return self.layout.server_files(name)
+
+    def served_server_files(self, hosts: Sequence[str]) -> tuple[Path, Path] | None:
+        """(fullchain, key) of the certificate :meth:`ensure_server_certificate`
+        last settled on for ``hosts`` (the newest valid one naming exactly
+        them), or None; read-only, for the scrape-time inventory."""
+        store = Store(self.layout.database)
+        try:
+            found = issuance.newest_server(store.certificates(), self.layout, hosts, utcnow(),
+                                           timedelta(0))
+        finally:
+            store.close()
+        return self.layout.server_files(found.name) if found is not None else None
 
     def renew(
         self,
@@ -422,14 +434,16 @@ class CertificateAuthority:
         finally:
             store.close()
 
-    def client_expiries(self) -> list[tuple[str, int, datetime]]:
-        """(name, serial, not_after) of every valid client certificate; read-only."""
+    def client_expiries(self) -> list[tuple[str, int, datetime, datetime]]:
+        """(name, serial, not_before, not_after) of every client certificate in
+        use (neither revoked, superseded nor expired); read-only."""
         store = Store(self.layout.database)
         try:
             rows = store.valid_client_expiries(utcnow())
         finally:
             store.close()
-        return [(name, serial, parse_rfc3339(when)) for name, serial, when in rows]
+        return [(name, serial, parse_rfc3339(start), parse_rfc3339(end))
+                for name, serial, start, end in rows]
 
     def roles_for_serial(self, serial: int) -> tuple[str, ...]:
         """Roles of a valid certificate; () for unknown, revoked or expired ones."""

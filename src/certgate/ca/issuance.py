@@ -379,13 +379,27 @@ def covers(sans: Sequence[str], host: str) -> bool:
 
 
 def reusable_server(s: Session, hosts: Sequence[str], min_left: timedelta) -> CertRecord | None:
-    """The newest stored server certificate covering ``hosts`` with time to spare."""
-    for rec in reversed(s.store.certificates()):
-        if rec.kind != "server" or rec.status(s.now) != "valid":
+    """The newest stored server certificate for exactly ``hosts`` with time to spare."""
+    return newest_server(s.store.certificates(), s.layout, hosts, s.now, min_left)
+
+
+def newest_server(records: Sequence[CertRecord], layout: CALayout, hosts: Sequence[str],
+                  now: datetime, min_left: timedelta) -> CertRecord | None:
+    """The newest valid server certificate whose SANs are exactly ``hosts``,
+    with more than ``min_left`` to run and its files intact in the state dir.
+
+    Exactly, not "covers": a certificate for a.test and b.test covers a.test,
+    but serving it for a.test would tell every client about b.test (issue
+    #12), and an install upgraded from one combined certificate must move to
+    one certificate per host rather than keep the combined one.
+    """
+    wanted = set(san_strings(server_sans(hosts)))
+    for rec in reversed(records):
+        if rec.kind != "server" or rec.status(now) != "valid":
             continue
-        if rec.not_after - s.now <= min_left or not all(covers(rec.sans, h) for h in hosts):
+        if rec.not_after - now <= min_left or set(rec.sans) != wanted:
             continue
-        fullchain, key = s.layout.server_files(rec.name)
+        fullchain, key = layout.server_files(rec.name)
         try:
             leaf = x509.load_pem_x509_certificate(fullchain.read_bytes())
             load_key(key)

@@ -349,14 +349,15 @@ class Store:
         )
         return {int(row[0], 16): tuple(json.loads(row[1])) for row in rows}
 
-    def valid_client_expiries(self, now: datetime) -> list[tuple[str, int, str]]:
-        """(name, serial, not_after RFC 3339) of every client certificate in use."""
+    def valid_client_expiries(self, now: datetime) -> list[tuple[str, int, str, str]]:
+        """(name, serial, not_before, not_after; RFC 3339) of every client
+        certificate in use: not revoked, not superseded by a renewal, not expired."""
         rows = self.conn.execute(
-            "SELECT name, serial, not_after FROM certificates WHERE kind = 'client' AND "
-            "revoked_at IS NULL AND superseded_by IS NULL AND not_after > ?",
+            "SELECT name, serial, not_before, not_after FROM certificates WHERE kind = 'client' "
+            "AND revoked_at IS NULL AND superseded_by IS NULL AND not_after > ?",
             (rfc3339(now),),
         )
-        return [(str(row[0]), int(row[1], 16), str(row[2])) for row in rows]
+        return [(str(row[0]), int(row[1], 16), str(row[2]), str(row[3])) for row in rows]
 
     def roles_of(self, serial: int, now: datetime) -> tuple[str, ...]:
         row = self.conn.execute(
