@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -42,10 +43,23 @@ BACKLOG = 1024
 BUILD_ERRORS = (CertgateError, TLSSetupError, RevocationError, OSError, ValueError)
 
 
+class ListenError(CertgateError):
+    """A listen address could not be bound; the message names it (and its holder)."""
+
+
 def bind_listener(listen: Listen, *, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket for ``listen``; SO_REUSEPORT when workers share it."""
-    infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+    """A listening TCP socket for ``listen``; SO_REUSEPORT when workers share it.
+
+    Raises:
+        ListenError: one line naming the address, the kernel's reason and,
+            for a busy port, the process holding it when it can be found.
+    """
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"listen {listen}: cannot resolve {listen.host}: "
+                          f"{exc.strerror or exc}") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -56,10 +70,28 @@ def bind_listener(listen: Listen, *, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
         sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(listen_failure(listen, exc)) from None
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def listen_failure(listen: Listen, exc: OSError) -> str:
+    """The one line for a failed bind, worded like metrics.listen's."""
+    line = f"listen {listen}: cannot listen: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        from certgate.ports import describe_holders
+
+        line += describe_holders(listen.host, listen.port)
+    elif exc.errno == errno.EACCES and listen.port < 1024:
+        line += (" (ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                 "the systemd unit grants it)")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        line += " (no interface on this host has that address)"
+    return line
 
 
 class Worker:
