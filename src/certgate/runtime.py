@@ -70,6 +70,8 @@ class OpenConnection(Protocol):
 
     def abort(self) -> None: ...
 
+    def going_away(self) -> bool: ...
+
 
 class Runtime:
     def __init__(

@@ -71,7 +71,8 @@ def pid_file(config: Config) -> Path:
 def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
                on_ready: Ready | None = None, exporter: Exporter | None = None,
                notifier: Notifier | None = None,
-               reload_done: Callable[[], None] | None = None) -> int:
+               reload_done: Callable[[], None] | None = None,
+               stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
     import asyncio
 
     import uvloop
@@ -81,7 +82,7 @@ def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
     async def main() -> int:
         worker = Worker(config, config_path=config_path, reuse_port=reuse_port,
                         on_ready=on_ready, exporter=exporter, notifier=notifier,
-                        reload_done=reload_done)
+                        reload_done=reload_done, stop_signals=stop_signals)
         return await worker.serve()
 
     asyncio.set_event_loop_policy(None)
@@ -210,8 +211,11 @@ class _Parent:
                 with contextlib.suppress(OSError):
                     os.close(key.fd)
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
+            # Ctrl-C reaches the whole process group; the parent forwards it
+            # as one SIGTERM, so a second Ctrl-C is a second signal here.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             if self.exporter is not None:
                 self.exporter.forget()
 
@@ -225,7 +229,8 @@ class _Parent:
             code = 1
             try:
                 code = run_worker(self.config, self.config_path, reuse_port=True,
-                                  on_ready=bound, reload_done=reloaded)
+                                  on_ready=bound, reload_done=reloaded,
+                                  stop_signals=(signal.SIGTERM,))
             except CertgateError as exc:  # e.g. a busy port: one line, no traceback
                 log.error("worker %d: %s", slot, exc)
                 code = exc.exit_code
