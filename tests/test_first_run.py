@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import stat
 import subprocess
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from support.process import CertgateProcess
 
@@ -37,6 +40,10 @@ def test_embedded_default_first_run(tmp_path: Path) -> None:
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
         root = state / "ca" / "root.crt"
         assert root.is_file()
+        # A distinguishable default name (host and random tag), not "certgate CA".
+        subject = x509.load_pem_x509_certificate(root.read_bytes()).subject
+        common_name = subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert re.fullmatch(r"certgate CA (\S+ )?[0-9a-f]{4} Root R1", str(common_name))
 
         issue = subprocess.run(
             [sys.executable, "-m", "certgate", "ca", "issue", "--state", str(state), "me",

@@ -149,6 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exit status of a process killed by SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _reader_gone() -> int:
+    """``certgate ca list | head -1``: the reader left; end quietly, as coreutils do.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises instead of
+    ending the process. Whatever is still buffered for stdout can never be
+    delivered; stdout is pointed at /dev/null so that the interpreter's final
+    flush does not print a second traceback.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

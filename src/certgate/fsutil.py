@@ -56,3 +56,26 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, PRIVATE_DIR_MODE)
     return directory
+
+
+def make_missing_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """Create ``path`` and any missing parents, each private (0700); return them.
+
+    Unlike :func:`ensure_private_dir` this never changes the mode of a
+    directory that already exists (``--out .`` must not chmod the user's
+    working directory). Raises OSError as ``mkdir`` does, e.g. when a part of
+    ``path`` is a file.
+    """
+    target = Path(path)
+    missing: list[Path] = []
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    created: list[Path] = []
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by someone else
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+            os.chmod(directory, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+            created.append(directory)
+    return created

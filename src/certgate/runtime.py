@@ -70,6 +70,8 @@ class OpenConnection(Protocol):
 
     def abort(self) -> None: ...
 
+    def going_away(self) -> bool: ...
+
 
 class Runtime:
     def __init__(
@@ -223,10 +225,11 @@ def open_builtin_ca(config: Config, notice: Notice, *, create: bool) -> Certific
     if not create:
         return None
     from certgate.ca import CertificateAuthority
+    from certgate.ca.naming import default_ca_name
 
     if CertificateAuthority.exists(config.state_dir):
         return CertificateAuthority.open(config.state_dir)
-    ca = CertificateAuthority.init(config.state_dir, name="certgate CA")
+    ca = CertificateAuthority.init(config.state_dir, name=default_ca_name())
     notice(
         f"certgate: created a new private CA in {config.state_dir}\n"
         f"  root certificate (trust this on your devices): {ca.root_cert_path}\n"

@@ -4,15 +4,18 @@ Reload follows Caddy's shape: load and validate the whole new config and
 build a whole new :class:`~certgate.runtime.Runtime` off the event loop, then
 swap one reference. New connections get the new runtime; connections in
 flight keep theirs. A reload that fails logs every problem and changes
-nothing. Shutdown stops accepting, closes idle keep-alive connections, lets
-requests in flight finish until ``limits.shutdown_grace``, then closes the
-rest and returns 0.
+nothing. Shutdown stops accepting, closes idle keep-alive connections, ends
+WebSocket tunnels with a Close frame (1001 "going away", see
+:mod:`certgate.proxy.tunnel`), lets requests in flight finish until
+``limits.shutdown_grace``, then closes the rest and returns 0. It logs what
+it waits for; a second SIGTERM/SIGINT closes everything at once (as Ctrl-C
+twice does in uvicorn and Caddy).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -42,10 +45,23 @@ BACKLOG = 1024
 BUILD_ERRORS = (CertgateError, TLSSetupError, RevocationError, OSError, ValueError)
 
 
+class ListenError(CertgateError):
+    """A listen address could not be bound; the message names it (and its holder)."""
+
+
 def bind_listener(listen: Listen, *, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket for ``listen``; SO_REUSEPORT when workers share it."""
-    infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+    """A listening TCP socket for ``listen``; SO_REUSEPORT when workers share it.
+
+    Raises:
+        ListenError: one line naming the address, the kernel's reason and,
+            for a busy port, the process holding it when it can be found.
+    """
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"listen {listen}: cannot resolve {listen.host}: "
+                          f"{exc.strerror or exc}") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -56,10 +72,28 @@ def bind_listener(listen: Listen, *, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
         sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(listen_failure(listen, exc)) from None
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def listen_failure(listen: Listen, exc: OSError) -> str:
+    """The one line for a failed bind, worded like metrics.listen's."""
+    line = f"listen {listen}: cannot listen: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        from certgate.ports import describe_holders
+
+        line += describe_holders(listen.host, listen.port)
+    elif exc.errno == errno.EACCES and listen.port < 1024:
+        line += (" (ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                 "the systemd unit grants it)")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        line += " (no interface on this host has that address)"
+    return line
 
 
 class Worker:
@@ -71,11 +105,16 @@ class Worker:
         reuse_port: bool = False,
         on_ready: Callable[[list[tuple[str, int]]], None] | None = None,
         install_signals: bool = True,
+        stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
         exporter: Exporter | None = None,
         notifier: Notifier | None = None,
         reload_done: Callable[[], None] | None = None,
     ) -> None:
         self.install_signals = install_signals
+        #: Forked workers leave SIGINT (Ctrl-C, sent to the whole process
+        #: group) to the parent, which forwards it once as SIGTERM; otherwise
+        #: one Ctrl-C would count twice here and skip the graceful part.
+        self.stop_signals = stop_signals
         #: Set when this worker is the only process: it serves /metrics and
         #: talks to systemd itself. Forked workers leave both to the parent
         #: and report finished reloads through ``reload_done``.
@@ -90,6 +129,7 @@ class Worker:
         self._old: list[Runtime] = []
         self.listeners: list[Listener] = []
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()  # a second stop signal: do not wait any longer
         self._reloading = False
         self._retiring: set[asyncio.Task[None]] = set()
         self.watcher: RevocationWatcher | None = None
@@ -114,8 +154,8 @@ class Worker:
             self.listeners.append(listener)
             bound.append((listen.host, port))
         if self.install_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._stop.set)
+            for signum in self.stop_signals:
+                loop.add_signal_handler(signum, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.watcher = RevocationWatcher(self.current, lambda: list(self._old),
                                          rebuild=self.request_rebuild)
@@ -132,6 +172,9 @@ class Worker:
         return 0
 
     def stop(self) -> None:
+        """Begin a graceful shutdown; called again while it runs, stop at once."""
+        if self._stop.is_set():
+            self._force.set()
         self._stop.set()
 
     # -- reload -----------------------------------------------------------
@@ -232,18 +275,47 @@ class Worker:
         grace = self.config.limits.shutdown_grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        requests = tunnels = 0
         for runtime in runtimes:
             runtime.draining = True
             for conn in list(runtime.connections):
                 if not conn.busy:
                     conn.close()
-        for runtime in runtimes:
-            remaining = deadline - loop.time()
-            if remaining > 0 and runtime.connections:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await runtime.wait_idle()
+                elif conn.going_away():
+                    tunnels += 1
+                else:
+                    requests += 1
+        if requests or tunnels:
+            log.info("shutting down: waiting up to %.0f s (limits.shutdown_grace) for %d "
+                     "connection(s): %d request(s) in flight, %d WebSocket(s) closing with "
+                     "1001 going away; signal again to close them now",
+                     grace, requests + tunnels, requests, tunnels)
+        if not self._force.is_set():
+            await self._drained(runtimes, deadline)
+        left = sum(len(runtime.connections) for runtime in runtimes)
+        if left:
+            why = "second signal" if self._force.is_set() else \
+                f"shutdown_grace ({grace:.0f} s) is over"
+            log.warning("%s: closing %d connection(s) now", why, left)
         for runtime in runtimes:
             for conn in list(runtime.connections):
                 conn.abort()
             runtime.close()
+
+    async def _drained(self, runtimes: list[Runtime], deadline: float) -> None:
+        """Wait until every runtime is idle, the deadline, or a second signal."""
+        loop = asyncio.get_running_loop()
+        idle = loop.create_task(_all_idle(runtimes))
+        forced = loop.create_task(self._force.wait())
+        try:
+            await asyncio.wait({idle, forced}, timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (idle, forced):
+                task.cancel()
+            await asyncio.gather(idle, forced, return_exceptions=True)
+
+
+async def _all_idle(runtimes: list[Runtime]) -> None:
+    for runtime in runtimes:
+        await runtime.wait_idle()

@@ -55,6 +55,7 @@ WORKER_START_TIMEOUT = 60.0
 # RELOADING=1, so a wedged worker must not hold `systemctl reload` forever.
 RELOAD_ACK_TIMEOUT = 60.0
 PID_FILE = "certgate.pid"
+LOCK_FILE = "certgate.lock"
 
 Ready = Callable[[list[tuple[str, int]]], None]
 
@@ -70,7 +71,8 @@ def pid_file(config: Config) -> Path:
 def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
                on_ready: Ready | None = None, exporter: Exporter | None = None,
                notifier: Notifier | None = None,
-               reload_done: Callable[[], None] | None = None) -> int:
+               reload_done: Callable[[], None] | None = None,
+               stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
     import asyncio
 
     import uvloop
@@ -80,7 +82,7 @@ def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
     async def main() -> int:
         worker = Worker(config, config_path=config_path, reuse_port=reuse_port,
                         on_ready=on_ready, exporter=exporter, notifier=notifier,
-                        reload_done=reload_done)
+                        reload_done=reload_done, stop_signals=stop_signals)
         return await worker.serve()
 
     asyncio.set_event_loop_policy(None)
@@ -88,6 +90,16 @@ def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
 
 
 def supervise(config: Config, config_path: Path | None, on_ready: Ready | None = None) -> int:
+    """Run certgate until stopped; raises AlreadyRunning or ListenError before serving."""
+    lock = _lock_instance(config.state_dir)
+    try:
+        return _supervise(config, config_path, on_ready)
+    finally:
+        if lock is not None:
+            os.close(lock)  # releases the flock, after the pid file is gone
+
+
+def _supervise(config: Config, config_path: Path | None, on_ready: Ready | None) -> int:
     exporter: Exporter | None = None
     if config.metrics.listen is not None:
         from certgate import metrics
@@ -107,6 +119,51 @@ def supervise(config: Config, config_path: Path | None, on_ready: Ready | None =
         if exporter is not None:
             exporter.close()
         _remove_pid_file(pidfile)
+
+
+class AlreadyRunning(CertgateError):
+    """Another certgate holds the instance lock of this state directory."""
+
+
+def _lock_instance(state_dir: Path) -> int | None:
+    """Take STATE_DIR/certgate.lock for this process's lifetime; the fd, or None.
+
+    One state directory, one running certgate (nginx and Caddy refuse a
+    second start the same way): two would race on the built-in CA's
+    server certificates, and a second one's start-up or exit would replace
+    or delete the first one's pid file, so that ``certgate reload`` no longer
+    reaches the instance that is serving. flock(2) is released by the kernel
+    whatever way the process ends, so a crash never leaves a stale lock;
+    forked workers share the lock through the inherited descriptor.
+
+    Raises AlreadyRunning naming the holder's pid; a state directory that
+    cannot hold the lock (read-only) is logged and does not stop the proxy,
+    as for the pid file.
+    """
+    import fcntl
+
+    from certgate.fsutil import ensure_private_dir
+
+    path = state_dir / LOCK_FILE
+    try:
+        ensure_private_dir(state_dir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        log.warning("cannot create the instance lock %s (a second certgate on this state "
+                    "directory will not be refused): %s", path, exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"certgate is already running with state directory {state_dir} (pid {holder} "
+            f"holds {path}); stop it first, or apply a changed config with "
+            "certgate reload -c FILE") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _write_pid_file(path: Path) -> None:
@@ -154,8 +211,11 @@ class _Parent:
                 with contextlib.suppress(OSError):
                     os.close(key.fd)
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
+            # Ctrl-C reaches the whole process group; the parent forwards it
+            # as one SIGTERM, so a second Ctrl-C is a second signal here.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             if self.exporter is not None:
                 self.exporter.forget()
 
@@ -169,7 +229,11 @@ class _Parent:
             code = 1
             try:
                 code = run_worker(self.config, self.config_path, reuse_port=True,
-                                  on_ready=bound, reload_done=reloaded)
+                                  on_ready=bound, reload_done=reloaded,
+                                  stop_signals=(signal.SIGTERM,))
+            except CertgateError as exc:  # e.g. a busy port: one line, no traceback
+                log.error("worker %d: %s", slot, exc)
+                code = exc.exit_code
             except BaseException:
                 log.exception("worker %d crashed", slot)
             finally:

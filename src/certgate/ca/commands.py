@@ -22,8 +22,9 @@ from certgate.ca.crl import REASONS
 from certgate.ca.issuance import Delivery, IssuedCertificate
 from certgate.ca.keys import DEFAULT_KEY_TYPE, KEY_TYPES, serial_hex
 from certgate.ca.layout import DEFAULT_STATE_DIR
+from certgate.ca.naming import default_ca_name
 from certgate.ca.timeutil import parse_duration, rfc3339
-from certgate.errors import UsageError
+from certgate.errors import CAError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 SubParsers = argparse._SubParsersAction  # argparse has no public name for it
@@ -39,7 +40,31 @@ def state_dir(args: argparse.Namespace) -> Path:
 
 
 def _ca(args: argparse.Namespace) -> CertificateAuthority:
-    return CertificateAuthority.open(state_dir(args))
+    state = state_dir(args)
+    if not CertificateAuthority.exists(state):
+        raise CAError(no_ca_message(state.absolute(), _state_origin(args)))
+    return CertificateAuthority.open(state)
+
+
+def _state_origin(args: argparse.Namespace) -> str:
+    if args.config is not None:
+        return f"state_dir in {args.config}"
+    if Path(args.state) == DEFAULT_STATE_DIR:
+        return f"the default, ./{DEFAULT_STATE_DIR}"
+    return "--state"
+
+
+def no_ca_message(state: Path, origin: str) -> str:
+    """Where certgate looked and how to point it elsewhere, before ``ca init``.
+
+    Someone running a verb from the wrong directory most likely has a CA
+    elsewhere; suggesting ``ca init`` first would steer them into a second
+    CA that none of their devices trust.
+    """
+    return (f"no CA in {state} (from {origin})\n"
+            "  if you have one elsewhere, point at it with --state DIR or -c certgate.yaml "
+            "(the config's state_dir)\n"
+            f"  to create a new CA there instead: certgate ca init --state {state}")
 
 
 def _lifetime_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -79,11 +104,29 @@ def _delivery(args: argparse.Namespace) -> tuple[Delivery, str | None]:
         else:
             p12.check_password(args.p12_password)
             password = args.p12_password
-    out = Path(args.out or ".")
-    if not out.is_dir():
-        raise UsageError(f"--out {out} is not a directory")
+    out = output_dir(args.out or ".")
     profile = "modern" if args.p12_modern else "legacy"
     return Delivery(out, password, profile), generated
+
+
+def output_dir(value: str | Path) -> Path:
+    """``--out DIR``: made (0700, with missing parents) if it does not exist yet.
+
+    The README's ``--out ./out`` works on a fresh machine; a directory that
+    exists keeps its mode. Called only once the CA has been opened, so a verb
+    that fails for want of a CA leaves nothing behind.
+    """
+    from certgate.fsutil import make_missing_dirs
+
+    out = Path(value)
+    try:
+        make_missing_dirs(out)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create the directory: "
+                         f"{exc.strerror or exc}") from None
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is not a directory")
+    return out
 
 
 def _report(issued: IssuedCertificate, generated_password: str | None) -> None:
@@ -106,7 +149,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     next_update = parse_duration(args.next_update) if args.next_update else None
     ca = CertificateAuthority.init(
         state_dir(args),
-        name=args.name,
+        name=args.name if args.name is not None else default_ca_name(),
         key_type=args.key_type,
         offline_root=Path(args.offline_root) if args.offline_root else None,
         single_tier=args.single_tier,
@@ -122,8 +165,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    ca = _ca(args)
     delivery, password = _delivery(args)
-    issued = _ca(args).issue_client(
+    issued = ca.issue_client(
         args.name,
         roles=args.role,
         days=args.days,
@@ -143,35 +187,38 @@ def cmd_sign(args: argparse.Namespace) -> int:
         data = Path(args.csr).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read CSR {args.csr}: {exc.strerror}") from None
-    issued = _ca(args).sign_csr(
+    ca = _ca(args)
+    issued = ca.sign_csr(
         data, name=args.name, roles=args.role, days=args.days, hours=args.hours,
-        out_dir=Path(args.out), email=args.email, uri=args.uri, dns=args.dns,
+        out_dir=output_dir(args.out), email=args.email, uri=args.uri, dns=args.dns,
     )
     _report(issued, None)
     return 0
 
 
 def cmd_issue_server(args: argparse.Namespace) -> int:
-    issued = _ca(args).issue_server(
+    ca = _ca(args)
+    issued = ca.issue_server(
         args.hosts,
         name=args.name,
         days=args.days,
         hours=args.hours,
-        out_dir=Path(args.out) if args.out else None,
+        out_dir=output_dir(args.out) if args.out else None,
     )
     _report(issued, None)
     return 0
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
+    ca = _ca(args)
     delivery, password = _delivery(args)
-    issued = _ca(args).renew(
+    issued = ca.renew(
         args.name,
         days=args.days,
         hours=args.hours,
         key_type=args.key_type,
         delivery=delivery,
-        out_dir=Path(args.out) if args.out else None,
+        out_dir=output_dir(args.out) if args.out else None,
     )
     _report(issued, password if issued.kind == "client" else None)
     return 0
@@ -310,7 +357,11 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         return parser
 
     p = verb("init", cmd_init, "create a root CA and an issuing intermediate")
-    p.add_argument("--name", default="certgate CA", help="CA name shown to users")
+    p.add_argument(
+        "--name",
+        help="CA name shown to users, e.g. in a phone's certificate picker (default: "
+        "'certgate CA HOST TAG', the host name and a random tag, so two CAs differ)",
+    )
     p.add_argument("--key-type", choices=list(KEY_TYPES), default=DEFAULT_KEY_TYPE)
     p.add_argument(
         "--offline-root", metavar="DIR",

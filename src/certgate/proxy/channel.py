@@ -69,6 +69,8 @@ class Channel(asyncio.Protocol):
         self._raw_eof: Callable[[], None] | None = None
         #: Called when the transport can take writes again (tunnel backpressure).
         self.on_writable: Callable[[], None] | None = None
+        #: Set while a tunnel runs on this channel: ends it cleanly (shutdown).
+        self.on_going_away: Callable[[], None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -254,6 +256,13 @@ class Channel(asyncio.Protocol):
         self.cancel_deadline()
         if not self._lost:
             self.transport.abort()
+
+    def going_away(self) -> bool:
+        """Shutdown: ask a tunnel on this channel to end cleanly; False if none runs."""
+        if self.on_going_away is None:
+            return False
+        self.on_going_away()
+        return True
 
     # -- raw mode ---------------------------------------------------------
     async def next_body_event(self, pace: BodyPace) -> Any:

@@ -1,0 +1,126 @@
+"""Issue #12, point 4: `certgate run` at first contact, as real processes.
+
+* A busy listen port is one line naming the address and, when it can be
+  found, the process holding it; no traceback, exit non-zero (with one
+  worker and with several).
+* The running instance owns its pid file: a second `certgate run` on the
+  same state directory refuses to start, names the pid that holds the lock,
+  and leaves the pid file alone, so `certgate reload` still reaches the
+  first; a second run that fails to bind (another state directory) does not
+  touch the first's pid file either.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.process import CertgateProcess, free_port
+
+CONFIG = """
+state_dir: {state}
+listen: ["127.0.0.1:{port}"]
+workers: {workers}
+metrics: {{listen: "off"}}
+routes: [{{host: localhost, upstream: whoami}}]
+"""
+
+
+def run_once(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certgate", "run", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_busy_listen_port_is_one_line_naming_address_and_holder(
+        tmp_path: Path, workers: int) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(CONFIG.format(state=tmp_path / "state", port=busy,
+                                        workers=workers))
+        result = run_once(config, tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    line = f"listen 127.0.0.1:{busy}: cannot listen: Address already in use"
+    assert line in result.stderr, result.stderr
+    # This test process holds the port; /proc tells who (same user, so readable).
+    if Path("/proc/net/tcp").exists():
+        assert f"held by pid {os.getpid()}" in result.stderr, result.stderr
+
+
+def test_second_instance_on_the_same_state_refuses_and_leaves_the_pid_file(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    port = free_port()
+    text = CONFIG.format(state=state, port=port, workers=1)
+    first = CertgateProcess(text, tmp_path).start()
+    try:
+        assert first.proc is not None
+        pid_file = state / "certgate.pid"
+        assert int(pid_file.read_text()) == first.proc.pid
+        second = run_once(tmp_path / "certgate.yaml", tmp_path)
+        assert second.returncode != 0
+        assert "Traceback" not in second.stderr, second.stderr
+        assert f"pid {first.proc.pid}" in second.stderr, second.stderr
+        assert str(state) in second.stderr
+        assert int(pid_file.read_text()) == first.proc.pid
+
+        reload = subprocess.run([sys.executable, "-m", "certgate", "reload", "-c",
+                                 str(tmp_path / "certgate.yaml")], capture_output=True,
+                                text=True, timeout=60, check=False, cwd=tmp_path)
+        assert reload.returncode == 0, reload.stderr
+        first.wait_for_log("configuration reloaded")
+    finally:
+        assert first.stop() == 0
+    assert not (state / "certgate.pid").exists()
+
+
+def test_second_instance_failing_to_bind_leaves_the_first_pid_file(
+        tmp_path: Path) -> None:
+    """Another state directory, the same port: the bind fails, nothing of the
+    first instance is touched, and the message names the first as holder."""
+    state = tmp_path / "state"
+    port = free_port()
+    first = CertgateProcess(CONFIG.format(state=state, port=port, workers=1),
+                            tmp_path).start()
+    try:
+        assert first.proc is not None
+        other = tmp_path / "other.yaml"
+        other.write_text(CONFIG.format(state=tmp_path / "other-state", port=port, workers=1))
+        second = run_once(other, tmp_path)
+        assert second.returncode != 0
+        assert "Traceback" not in second.stderr, second.stderr
+        assert f"listen 127.0.0.1:{port}: cannot listen" in second.stderr
+        assert f"held by pid {first.proc.pid}" in second.stderr
+        assert int((state / "certgate.pid").read_text()) == first.proc.pid
+        assert not (tmp_path / "other-state" / "certgate.pid").exists()
+    finally:
+        assert first.stop() == 0
+
+
+TABLE = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:20FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1
+   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1
+   2: 0100007F:1F90 0100007F:94F6 01 00000000:00000000 00:00000000 00000000     0        0 333 1
+"""
+
+
+def test_listening_inodes_matches_address_and_wildcards() -> None:
+    from certgate.ports import listening_inodes
+
+    if sys.byteorder != "little":
+        pytest.skip("the sample table is in little-endian words")
+    assert listening_inodes(TABLE, "127.0.0.1", 8443) == [111]  # 0.0.0.0:8443 blocks it
+    assert listening_inodes(TABLE, "127.0.0.1", 8080) == [222]  # the established one is not
+    assert listening_inodes(TABLE, "127.0.0.2", 8080) == []
+    assert listening_inodes(TABLE, "0.0.0.0", 8080) == [222]
+    assert listening_inodes("garbage\n1: zz:zz 0 0A a b c d e f\n", "127.0.0.1", 1) == []
