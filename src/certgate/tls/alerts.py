@@ -15,11 +15,17 @@ server", and nobody learns that a certificate was the problem.
 ``sslobject_class``. When ``do_handshake`` fails, it records the error and
 raises ``SSLWantReadError`` instead, which makes uvloop do what it does
 while a handshake is in progress: flush the outgoing BIO (the alert) to the
-socket and wait for more data. Right after, the read side of the socket is
-shut down, so the wait ends at once with end-of-file; any later call raises
-the recorded error. Nothing is weakened: the handshake never completes, no
-application data is read, and the listener reports the recorded error (not
-the end-of-file) for logs and metrics.
+socket and wait for more data. Then it lingers, as nginx's lingering close
+does: a client often sends more right behind its Finished (Chromium sends
+its HTTP request), and closing with those bytes unread makes the kernel
+send a reset that can overtake the alert, so the browser shows "site can't
+be reached" after all. While lingering, what arrives is read and dropped
+(``SSLWantReadError`` again, up to :data:`LINGER_READS` reads); the client
+closing, the read budget running out or :data:`LINGER_SECONDS` passing (the
+read side is then shut down) ends the connection with the recorded error.
+Nothing is weakened: the handshake never completes, no application data is
+read, and the listener reports the recorded error (not the end-of-file)
+for logs and metrics.
 
 The socket and the place to record the error reach the SSL object through a
 context variable set by the listener around ``connect_accepted_socket``:
@@ -37,7 +43,15 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-__all__ = ["CURRENT", "AlertingSSLObject", "HandshakeWatch"]
+__all__ = ["CURRENT", "LINGER_READS", "LINGER_SECONDS", "AlertingSSLObject", "HandshakeWatch"]
+
+#: How long a refused client may keep sending after the alert before the
+#: read side is shut (nginx lingers up to 30 s, lingering_time; a client
+#: that got a fatal alert closes within a round trip, so 2 s is plenty).
+LINGER_SECONDS = 2.0
+#: Reads dropped while lingering (uvloop reads up to 256 KiB at a time into
+#: the SSL object's memory BIO, so at most about 2 MB held per refusal).
+LINGER_READS = 8
 
 
 @dataclass(slots=True)
@@ -57,11 +71,15 @@ class AlertingSSLObject(ssl.SSLObject):
     """An SSLObject that lets the alert of a failed handshake go out first."""
 
     _certgate_failed: ssl.SSLError | None = None
+    _certgate_lingered = 0
 
     def do_handshake(self) -> None:
         failed = self._certgate_failed
         if failed is not None:
-            raise failed
+            self._certgate_lingered += 1
+            if self._certgate_lingered > LINGER_READS:
+                raise failed
+            raise ssl.SSLWantReadError("handshake failed; lingering after the alert")
         try:
             super().do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -71,9 +89,9 @@ class AlertingSSLObject(ssl.SSLObject):
             if watch is None:
                 raise
             self._certgate_failed = watch.error = exc
-            # Runs after uvloop has flushed the outgoing BIO for the
-            # "want read" below: the alert is in the kernel by then.
-            asyncio.get_running_loop().call_soon(_stop_reading, watch.sock)
+            # uvloop flushes the outgoing BIO (the alert) for the "want
+            # read" below, then keeps reading: the lingering close.
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, _stop_reading, watch.sock)
             raise ssl.SSLWantReadError("handshake failed; sending the alert") from None
 
 
