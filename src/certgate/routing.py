@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from certgate.config.schema import ClientAuth, Config, Route
+from certgate.config.schema import ClientAuth, Config, NoCertificate, Route
 from certgate.hostnames import HostTable
 
 _STRICTNESS = {ClientAuth.OFF: 0, ClientAuth.OPTIONAL: 1, ClientAuth.REQUIRE: 2}
@@ -37,6 +37,14 @@ def handshake_class(modes: Iterable[ClientAuth]) -> ClientAuth:
     if found == {ClientAuth.OFF}:
         return ClientAuth.OFF
     return ClientAuth.OPTIONAL
+
+
+def handshake_modes(route: Route) -> set[ClientAuth]:
+    """The modes ``route`` asks of the handshake (see the module docstring)."""
+    modes = route.modes()
+    if route.no_certificate is NoCertificate.PAGE and ClientAuth.REQUIRE in modes:
+        modes = (modes - {ClientAuth.REQUIRE}) | {ClientAuth.OPTIONAL}
+    return modes
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +81,7 @@ class RouteTable:
         entries: list[tuple[str, HostRoutes]] = []
         for pattern, members in grouped.items():
             members.sort(key=lambda r: len(r.path), reverse=True)
-            modes = {mode for r in members for mode in r.modes()}
+            modes = {mode for r in members for mode in handshake_modes(r)}
             entries.append((pattern, HostRoutes(pattern, tuple(members), handshake_class(modes))))
         self.hosts: HostTable[HostRoutes] = HostTable(entries)
         self.patterns = tuple(pattern for pattern, _ in entries)
