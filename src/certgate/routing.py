@@ -24,7 +24,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from certgate.config.schema import ClientAuth, Config, Route
+from certgate.config.schema import ClientAuth, Config, NoCertificate, Route
 from certgate.hostnames import HostTable
 
 _STRICTNESS = {ClientAuth.OFF: 0, ClientAuth.OPTIONAL: 1, ClientAuth.REQUIRE: 2}
@@ -38,6 +38,14 @@ def handshake_class(modes: Iterable[ClientAuth]) -> ClientAuth:
     if found == {ClientAuth.OFF}:
         return ClientAuth.OFF
     return ClientAuth.OPTIONAL
+
+
+def handshake_modes(route: Route) -> set[ClientAuth]:
+    """The modes ``route`` asks of the handshake (see the module docstring)."""
+    modes = route.modes()
+    if route.no_certificate is NoCertificate.PAGE and ClientAuth.REQUIRE in modes:
+        modes = (modes - {ClientAuth.REQUIRE}) | {ClientAuth.OPTIONAL}
+    return modes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +82,7 @@ class RouteTable:
         entries: list[tuple[str, HostRoutes]] = []
         for pattern, members in grouped.items():
             members.sort(key=lambda r: len(r.path), reverse=True)
-            modes = {mode for r in members for mode in r.modes()}
+            modes = {mode for r in members for mode in handshake_modes(r)}
             entries.append((pattern, HostRoutes(pattern, tuple(members), handshake_class(modes))))
         self.hosts: HostTable[HostRoutes] = HostTable(entries)
         self.patterns = tuple(pattern for pattern, _ in entries)

@@ -170,3 +170,22 @@ def test_port_zero_needs_a_single_worker(tmp_path: Path) -> None:
         load_config_text(text, "c.yaml", base_dir=tmp_path)
     assert any("c.yaml:1: listen: port 0" in p for p in caught.value.problems), \
         caught.value.problems
+
+
+def test_no_certificate_page_loads_and_defaults_to_refuse(tmp_path):
+    from certgate.config.schema import NoCertificate
+    config = load_config_text(MINIMAL + "    no_certificate: page\n", "c.yaml", tmp_path)
+    assert config.routes[0].no_certificate is NoCertificate.PAGE
+    config = load_config_text(MINIMAL, "c.yaml", tmp_path)
+    assert config.routes[0].no_certificate is NoCertificate.REFUSE
+
+
+def test_no_certificate_is_checked(tmp_path):
+    problems = _problems(MINIMAL + "    no_certificate: html\n", tmp_path)
+    assert problems == [f"{tmp_path / 'c.yaml'}:4: routes[0].no_certificate: "
+                        "must be one of: refuse, page"]
+    problems = _problems(MINIMAL + '    client_auth: "off"\n    no_certificate: page\n',
+                         tmp_path)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{tmp_path / 'c.yaml'}:5: routes[0].no_certificate: "
+                                  "page has no effect")

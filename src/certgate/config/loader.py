@@ -31,6 +31,7 @@ from certgate.config.schema import (
     Listen,
     LogFormat,
     Metrics,
+    NoCertificate,
     PathRule,
     RoleRule,
     Route,
@@ -460,7 +461,7 @@ class _ConfigBuilder:
         r = self.r
         keys = {"host", "path", "upstream", "upstream_tls", "client_auth", "rules", "allow",
                 "deny", "timeouts", "max_body", "forward_client_cert", "trust_forwarded",
-                "pass_headers"}
+                "pass_headers", "no_certificate"}
         m = r.mapping(node, where, keys, required=("host", "upstream"))
         if m is None or "host" not in m or "upstream" not in m:
             return None
@@ -503,6 +504,16 @@ class _ConfigBuilder:
                 r.boolean(m["trust_forwarded"], f"{where}.trust_forwarded"))
         if "pass_headers" in m:
             values["pass_headers"] = self.pass_headers(m["pass_headers"], f"{where}.pass_headers")
+        if "no_certificate" in m and (
+            page := r.choice(m["no_certificate"], f"{where}.no_certificate", NoCertificate)
+        ):
+            values["no_certificate"] = page
+            modes = {route_mode} | {rule.client_auth for rule in values.get("rules", ())
+                                    if rule.client_auth is not None}
+            if page is NoCertificate.PAGE and modes == {ClientAuth.OFF}:
+                r.problem(m["no_certificate"], f"{where}.no_certificate",
+                          "page has no effect: client_auth is off on this route and all its "
+                          "rules, so no request is ever refused for want of a certificate")
         if host is None or upstream is None:
             return None
         return Route(host=host, upstream=upstream, path=path, **values)

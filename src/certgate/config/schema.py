@@ -23,6 +23,15 @@ class ClientAuth(enum.Enum):
     OFF = "off"
 
 
+class NoCertificate(enum.Enum):
+    """How a route answers a request that needs a certificate and has none."""
+
+    REFUSE = "refuse"  # in the TLS handshake (certificate_required alert)
+    # Complete the handshake and answer a small HTML page (status 496) that
+    # says what is missing; bad certificates still fail in the handshake.
+    PAGE = "page"
+
+
 class LogFormat(enum.Enum):
     JSON = "json"
     COMBINED = "combined"
@@ -194,6 +203,7 @@ class Route:
     # Client-Cert, X-Original-URL...) that this route lets through from the
     # client; folded names (lowercase, '_' and '.' as '-'). Never certgate's own.
     pass_headers: frozenset[bytes] = frozenset()
+    no_certificate: NoCertificate = NoCertificate.REFUSE
 
     @property
     def name(self) -> str:

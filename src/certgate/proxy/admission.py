@@ -16,7 +16,9 @@ Order matters and is the security argument of the proxy:
    class than this connection's -> 421 (domain fronting);
 5. only origin-form targets reach a route (absolute-form after the 421 check
    so the fronting case still answers 421);
-6. route by longest path prefix, then the certificate refusal, then policy;
+6. route by longest path prefix, then the certificate refusal, then policy
+   (a route with ``no_certificate: page`` answers a missing certificate with
+   the 496 page instead of 403);
 7. body limit from Content-Length -> 413 at once;
 8. an upgrade is forwarded only for a checked WebSocket handshake
    (:mod:`certgate.http.upgrade`); any other is stripped.
@@ -29,13 +31,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import h11
 
-from certgate.config.schema import Route
+from certgate.config.schema import NoCertificate, Route
 from certgate.errors import HTTPError
 from certgate.hostnames import InvalidHost, normalise_host
+from certgate.http import certpage
 from certgate.http import headers as hdr
 from certgate.http.target import BadTarget, parse_target
 from certgate.http.upgrade import WebSocketUpgrade, requested_upgrade
-from certgate.policy import Decision, decide, other_readings
+from certgate.policy import CERTIFICATE_REQUIRED, Decision, decide, other_readings
 from certgate.tls.identity import ClientIdentity
 from certgate.tls.verify import Refusal
 
@@ -202,6 +205,12 @@ def admit(
     roles = runtime.roles_for(identity) if identity is not None else ()
     decision = decide(route, target.path, method, identity, roles)
     if not decision.allowed:
+        if identity is None and decision.code == CERTIFICATE_REQUIRED \
+                and route.no_certificate is NoCertificate.PAGE:
+            # The friendly refusal (http/certpage.py). close: a body the
+            # client sends is never read, let alone forwarded.
+            raise HTTPError(certpage.STATUS, decision.reason, close=True, kind="no_cert",
+                            route=route.name)
         raise HTTPError(403, decision.reason, route=route.name,
                         kind="no_cert" if identity is None else "policy")
     if route.max_body is not None and length is not None and length > route.max_body:

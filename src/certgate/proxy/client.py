@@ -24,6 +24,7 @@ import h11
 
 from certgate import memtrim, metrics
 from certgate.errors import HTTPError
+from certgate.http import certpage
 from certgate.http.responses import plain_response
 from certgate.proxy.admission import Admitted, admit, check_framing
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
@@ -228,7 +229,10 @@ class ClientConnection(Channel):
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self.abort()
             return False
-        response, body = plain_response(error.status, error.reason, close=close)
+        if error.status == certpage.STATUS:
+            response, body = certpage.page_response(self.runtime.trust_pem, close=close)
+        else:
+            response, body = plain_response(error.status, error.reason, close=close)
         out_before = self.bytes_out
         try:
             self.send(response)
