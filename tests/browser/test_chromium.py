@@ -164,11 +164,6 @@ def browser(home: Path, tmp_path: Path) -> Iterator[Browser]:
         b.quit()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open finding: Chromium sends its HTTP request right behind its TLS 1.3 Finished; "
-    "certgate closes the refused connection with that request unread, the kernel answers "
-    "RST and the alert is lost (ERR_SOCKET_NOT_CONNECTED, about 1 run in 2 even with "
-    "SHUT_WR instead of SHUT_RD in tls/alerts.py): needs a bounded lingering close"))
 def test_no_certificate_shows_a_client_certificate_error(proxy, browser):  # type: ignore[no-untyped-def]
     error, _, text = browser.load(f"https://locked.localhost:{proxy.port}/")
     assert error in CLIENT_AUTH_ERRORS, (error, text[:300])
@@ -182,14 +177,20 @@ def test_page_setting_shows_the_page(proxy, browser):  # type: ignore[no-untyped
     assert "certgate test CA" in text
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: Chromium filters client certificates by the CA names certgate now sends, so the "
-    "untrusted one is never offered and the page is shown; proving the handshake refusal in "
-    "a browser needs a certificate whose issuer name matches but whose signature does not. "
-    "The refusal itself is proven in tests/proxy/test_certificate_page.py"))
 def test_untrusted_certificate_still_fails_with_the_page_on(proxy, pki, home, tmp_path,  # type: ignore[no-untyped-def]
                                                              auto_select):
-    _import_client(home, pki["untrusted"].cert, pki["untrusted"].key, tmp_path)
+    # Chromium offers only certificates whose issuer is among the CA names
+    # certgate sends, so the untrusted certificate claims the built-in issuing
+    # CA as issuer (name and key identifier) while another key signed it:
+    # offered by the browser, refused by OpenSSL in the handshake.
+    from cryptography import x509
+
+    from support.forge import Issued, make_leaf, name, new_key, write_client
+
+    issuing = x509.load_pem_x509_certificate(pki.ca.issuing_cert_path.read_bytes())
+    forged = make_leaf(Issued(issuing, new_key("p256")), name("mallory"))
+    cert, key = write_client(tmp_path, "forged", forged)
+    _import_client(home, cert, key, tmp_path)
     b = Browser(home, tmp_path / "profile-untrusted")
     try:
         error, status, text = b.load(f"https://page.localhost:{proxy.port}/")
