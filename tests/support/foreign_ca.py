@@ -1,4 +1,5 @@
-"""A CA made with ``cryptography`` alone, independent of certgate's own CA code.
+"""A CA made with ``cryptography`` alone (:mod:`support.forge`), independent of
+certgate's own CA code.
 
 Revocation tests need a second trusted issuer whose CRLs are as valid as the
 built-in CA's, to try substituting one for the other; building it here with
@@ -15,7 +16,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
+
+from support.forge import Issued, make_ca, make_leaf, write_client
+from support.forge import name as forge_name
 
 
 @dataclass(frozen=True)
@@ -34,34 +38,11 @@ class ForeignCA:
     directory: Path
 
     def issue(self, name: str) -> ForeignClient:
-        """A client certificate (clientAuth, 30 days) and its key, written to files."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
-                                         False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        cert_path = self.directory / f"{name}.crt"
-        key_path = self.directory / f"{name}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        key_path.chmod(0o600)
-        return ForeignClient(name, cert_path, key_path, cert.serial_number)
+        """A client certificate (clientAuth, a week) and its key, written to files."""
+        usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+        leaf = make_leaf(Issued(self.cert, self.key), forge_name(name), extra=[(usage, True)])
+        cert_path, key_path = write_client(self.directory, name, leaf)
+        return ForeignClient(name, cert_path, key_path, leaf.cert.serial_number)
 
     def crl(self, revoked: Iterable[int], *, number: int = 1,
             last_update: dt.datetime | None = None,
@@ -83,27 +64,9 @@ class ForeignCA:
 
 
 def make_foreign_ca(directory: Path, name: str = "Foreign Test CA") -> ForeignCA:
-    """A self-signed P-256 CA in ``directory`` (created)."""
+    """A self-signed P-256 CA (pathLen 0) in ``directory`` (created)."""
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Elsewhere")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                     False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    ca = make_ca(forge_name(name, (NameOID.ORGANIZATION_NAME, "Elsewhere")), path_length=0)
     path = directory / "ca.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return ForeignCA(cert, key, path, directory)
+    path.write_bytes(ca.pem)
+    return ForeignCA(ca.cert, ca.key, path, directory)
