@@ -74,11 +74,13 @@ class AlertingSSLObject(ssl.SSLObject):
     _certgate_lingered = 0
 
     def do_handshake(self) -> None:
-        failed = self._certgate_failed
-        if failed is not None:
+        if self._certgate_failed is not None:
             self._certgate_lingered += 1
             if self._certgate_lingered > LINGER_READS:
-                raise failed
+                # A new exception: raising the stored one would give it a
+                # traceback whose frames hold this object (a cycle that keeps
+                # OpenSSL's per-connection memory until a full GC).
+                raise ssl.SSLError("TLS handshake refused") from None
             raise ssl.SSLWantReadError("handshake failed; lingering after the alert")
         try:
             super().do_handshake()
@@ -88,6 +90,9 @@ class AlertingSSLObject(ssl.SSLObject):
             watch = CURRENT.get()
             if watch is None:
                 raise
+            # Kept without its traceback: the frames in it hold this object,
+            # and the cycle would keep OpenSSL's memory until a full GC.
+            exc.__traceback__ = None
             self._certgate_failed = watch.error = exc
             # uvloop flushes the outgoing BIO (the alert) for the "want
             # read" below, then keeps reading: the lingering close.
