@@ -281,7 +281,8 @@ class _ConfigBuilder:
 
     def tls(self, node: Node) -> TLSSettings:
         r = self.r
-        m = r.mapping(node, "tls", {"certificates", "min_version", "session_tickets"})
+        m = r.mapping(node, "tls", {"certificates", "min_version", "session_tickets",
+                                    "verify_depth"})
         if m is None:
             return TLSSettings()
         certs: list[CertificateFiles] = []
@@ -309,7 +310,9 @@ class _ConfigBuilder:
                 min_version = value
         tickets = r.boolean(m["session_tickets"], "tls.session_tickets") \
             if "session_tickets" in m else None
-        return TLSSettings(tuple(certs), min_version, bool(tickets))
+        depth = r.integer(m["verify_depth"], "tls.verify_depth", 0, 16) \
+            if "verify_depth" in m else None
+        return TLSSettings(tuple(certs), min_version, bool(tickets), depth)
 
     def client_auth(self, node: Node) -> ClientAuthSettings:
         r = self.r

@@ -82,6 +82,10 @@ class TLSSettings:
     # costs ~0.8 ms without ticket issuance against ~1.25 ms with OpenSSL's two
     # default tickets, and no resumption means no cross-policy resumption bugs.
     session_tickets: bool = False
+    # Most CA certificates allowed between a client's leaf and the trust
+    # anchor (OpenSSL's verify depth, nginx's ssl_verify_depth); None keeps
+    # OpenSSL's default of 100. certgate's own two-tier CA needs 1.
+    verify_depth: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

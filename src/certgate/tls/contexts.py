@@ -127,13 +127,20 @@ def _base_context(settings: TLSSettings) -> ssl.SSLContext:
     return ctx
 
 
-def _trust_clients(ctx: ssl.SSLContext, mode: ClientAuth, trust_pem: str | None) -> None:
+def _trust_clients(ctx: ssl.SSLContext, mode: ClientAuth, trust_pem: str | None,
+                   settings: TLSSettings) -> None:
     ctx.verify_mode = _VERIFY_MODE[mode]
     if mode is not ClientAuth.OFF:
         if not trust_pem:
             raise TLSSetupError("client certificates are asked for but no CA is trusted")
         ctx.load_verify_locations(cadata=trust_pem)
         _send_ca_names(ctx, trust_pem)
+        if settings.verify_depth is not None:
+            try:
+                openssl.set_verify_depth(ctx, settings.verify_depth)
+            except openssl.Unavailable as exc:
+                # Asked for and not applied: refuse to start (fail closed).
+                raise TLSSetupError(f"tls.verify_depth cannot be applied here: {exc}") from None
 
 
 def ca_subjects(trust_pem: str) -> list[bytes]:
@@ -173,7 +180,7 @@ def server_context(
         ctx.load_cert_chain(str(cert.cert), str(cert.key))
     except (OSError, ssl.SSLError) as exc:
         raise TLSSetupError(f"{cert.cert}: cannot load certificate and key: {exc}") from None
-    _trust_clients(ctx, mode, trust_pem)
+    _trust_clients(ctx, mode, trust_pem, settings)
     return ctx
 
 
@@ -183,7 +190,7 @@ def client_verification_context(trust_pem: str, settings: TLSSettings) -> ssl.SS
     server certificate: ``certgate explain`` runs OpenSSL's verifier on it
     (:mod:`certgate.tls.openssl`)."""
     ctx = _base_context(settings)
-    _trust_clients(ctx, ClientAuth.REQUIRE, trust_pem)
+    _trust_clients(ctx, ClientAuth.REQUIRE, trust_pem, settings)
     return ctx
 
 

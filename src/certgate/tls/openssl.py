@@ -41,7 +41,8 @@ import ssl
 import sys
 from dataclasses import dataclass
 
-__all__ = ["ChainVerdict", "Unavailable", "set_client_ca_names", "verify_client_chain"]
+__all__ = ["ChainVerdict", "Unavailable", "set_client_ca_names", "set_verify_depth",
+           "verify_client_chain"]
 
 _P = ctypes.c_void_p
 
@@ -97,6 +98,8 @@ def _library() -> ctypes.CDLL:
         "OPENSSL_sk_num": ([_P], ctypes.c_int),
         "SSL_CTX_set_client_CA_list": ([_P, _P], None),
         "SSL_CTX_get_client_CA_list": ([_P], _P),
+        "SSL_CTX_set_verify_depth": ([_P, ctypes.c_int], None),
+        "SSL_CTX_get_verify_depth": ([_P], ctypes.c_int),
     }
     for name, (args, result) in signatures.items():
         try:
@@ -224,3 +227,16 @@ def _free_names(lib: ctypes.CDLL, stack: int) -> None:
     lib.OPENSSL_sk_pop_free.argtypes = [_P, _P]
     lib.OPENSSL_sk_pop_free.restype = None
     lib.OPENSSL_sk_pop_free(stack, ctypes.cast(lib.X509_NAME_free, _P))
+
+
+def set_verify_depth(context: ssl.SSLContext, depth: int) -> None:
+    """``SSL_CTX_set_verify_depth``: Python's :mod:`ssl` has no setter for it.
+
+    Raises:
+        Unavailable: libssl cannot be reached safely, or the depth did not stick.
+    """
+    lib = _lib()
+    ssl_ctx = _ssl_ctx(context)
+    lib.SSL_CTX_set_verify_depth(ssl_ctx, depth)
+    if lib.SSL_CTX_get_verify_depth(ssl_ctx) != depth:
+        raise Unavailable("the verify depth did not stick")
