@@ -177,7 +177,7 @@ def _trust_pem(config: Config) -> tuple[str, list[str]]:
     parts: list[str] = []
     notes: list[str] = []
     for source in config.client_auth.trusted_cas:
-        path = config.state_dir / "ca" / "bundle.pem" if source == BUILTIN else Path(source)
+        path = config.trust_file(source)
         try:
             data = path.read_bytes()
             x509.load_pem_x509_certificates(data)

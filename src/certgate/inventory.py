@@ -135,8 +135,8 @@ class InventoryCollector:
                                   functools.partial(_automatic_expiry, hosts=hosts),
                                   also=(wal,))
         for source in config.client_auth.trusted_cas:
-            path = ca_dir / "bundle.pem" if source == BUILTIN else Path(source)
-            found += self._cached(path, "ca", lambda p: _certificates(p, "ca"))
+            found += self._cached(config.trust_file(source), "ca",
+                                  lambda p: _certificates(p, "ca"))
         if config.uses_builtin_ca and database.exists():
             # WAL mode: a change lands in the -wal file before the database.
             clients: list[Expiry] = self._cached(database, "client", _client_expiries,

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import SignatureAlgorithmOID
@@ -51,6 +50,7 @@ from certgate.revocation_state import (
     utc,
 )
 from certgate.tls.identity import ClientIdentity
+from certgate.tls.issuers import key_sha256
 
 log = logging.getLogger("certgate.revocation")
 
@@ -242,9 +242,9 @@ class RevocationSources:
                 message names the file.
         """
         issuers = _issuers(self.trust_pem)
-        trusted = {(dn, _key_id(c)) for dn, certs in issuers.items() for c in certs}
+        trusted = {(dn, key_sha256(c)) for dn, certs in issuers.items() for c in certs}
         checked = trusted if self.checked_pem is None else \
-            {(dn, _key_id(c)) for dn, certs in _issuers(self.checked_pem).items() for c in certs}
+            {(dn, key_sha256(c)) for dn, certs in _issuers(self.checked_pem).items() for c in certs}
         fresh = self._newest(self._read(issuers))
         try:
             stored = read_state(self.state_file) if self.state_file is not None else {}
@@ -332,12 +332,6 @@ class RevocationSources:
                 f"{self.state_file}")
 
 
-def _key_id(cert: x509.Certificate) -> str:
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
-
-
 def _index_crl(der: bytes, crl: x509.CertificateRevocationList, path: Path,
                issuers: dict[str, list[x509.Certificate]]) -> LoadedCRL:
     issuer_dn = crl.issuer.rfc4514_string()
@@ -358,7 +352,7 @@ def _index_crl(der: bytes, crl: x509.CertificateRevocationList, path: Path,
     digest = hashlib.sha256(tbs if tbs is not None else crl.tbs_certlist_bytes).hexdigest()
     info = CRLInfo(path, issuer_dn,
                    next_update.timestamp() if next_update is not None else None,
-                   len(serials), number, crl.last_update_utc.timestamp(), _key_id(signer),
+                   len(serials), number, crl.last_update_utc.timestamp(), key_sha256(signer),
                    digest)
     return LoadedCRL(info, serials)
 

@@ -20,12 +20,11 @@ name of a different class than the one its handshake was made for is answered
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from certgate.config.schema import ClientAuth, Config, NoCertificate, Route
-from certgate.hostnames import HostTable
+from certgate.hostnames import HostTable, is_ip_literal
 
 _STRICTNESS = {ClientAuth.OFF: 0, ClientAuth.OPTIONAL: 1, ClientAuth.REQUIRE: 2}
 
@@ -121,14 +120,6 @@ def uncovered_hosts(config: Config, names: Iterable[str]) -> list[str]:
 NEUTRAL_HOST = "localhost"
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 def automatic_host_sets(uncovered: Sequence[str], configured: bool) -> list[tuple[str, ...]]:
     """The host sets of the automatic server certificates a runtime serves,
     the default one (for connections without SNI) first.
@@ -145,8 +136,8 @@ def automatic_host_sets(uncovered: Sequence[str], configured: bool) -> list[tupl
     """
     sets: list[tuple[str, ...]] = []
     if not configured and uncovered:
-        sets.append(tuple(h for h in uncovered if _is_ip(h)) or (NEUTRAL_HOST,))
+        sets.append(tuple(h for h in uncovered if is_ip_literal(h)) or (NEUTRAL_HOST,))
     for host in uncovered:
-        if not _is_ip(host) and (host,) not in sets:
+        if not is_ip_literal(host) and (host,) not in sets:
             sets.append((host,))
     return sets

@@ -262,6 +262,11 @@ class Config:
     access_log: AccessLog = field(default_factory=AccessLog)
     metrics: Metrics = field(default_factory=Metrics)
 
+    def trust_file(self, source: str) -> Path:
+        """The CA file a ``client_auth.trusted_cas`` entry names (``builtin``:
+        the built-in CA's trust bundle, ``STATE/ca/bundle.pem``)."""
+        return self.state_dir / "ca" / "bundle.pem" if source == BUILTIN else Path(source)
+
     @property
     def uses_builtin_ca(self) -> bool:
         return BUILTIN in self.client_auth.trusted_cas or BUILTIN in self.client_auth.crls

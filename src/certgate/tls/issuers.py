@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -109,9 +108,8 @@ def read_trusted(config: Config) -> TrustedIssuers:
     trusted: list[x509.Certificate] = []
     builtin: list[x509.Certificate] = []
     for source in config.client_auth.trusted_cas:
-        path = config.state_dir / "ca" / "bundle.pem" if source == BUILTIN else Path(source)
         try:
-            certs = x509.load_pem_x509_certificates(path.read_bytes())
+            certs = x509.load_pem_x509_certificates(config.trust_file(source).read_bytes())
         except (OSError, ValueError):
             continue
         trusted += certs

@@ -82,6 +82,7 @@ def _library() -> ctypes.CDLL:
         "OPENSSL_sk_new_null": ([], _P),
         "OPENSSL_sk_push": ([_P, _P], ctypes.c_int),
         "OPENSSL_sk_free": ([_P], None),
+        "OPENSSL_sk_pop_free": ([_P, _P], None),
         "X509_STORE_CTX_new": ([], _P),
         "X509_STORE_CTX_free": ([_P], None),
         "X509_STORE_CTX_init": ([_P, _P, _P, _P], ctypes.c_int),
@@ -224,8 +225,6 @@ def set_client_ca_names(context: ssl.SSLContext, subjects_der: list[bytes]) -> i
 
 
 def _free_names(lib: ctypes.CDLL, stack: int) -> None:
-    lib.OPENSSL_sk_pop_free.argtypes = [_P, _P]
-    lib.OPENSSL_sk_pop_free.restype = None
     lib.OPENSSL_sk_pop_free(stack, ctypes.cast(lib.X509_NAME_free, _P))
 
 

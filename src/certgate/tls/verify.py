@@ -107,13 +107,13 @@ def revocation_refusal(identity: ClientIdentity, revocation: RevocationCheck,
     reason = revocation.check(identity, now.timestamp() if now is not None else None)
     if reason is None:
         return None
-    if reason is STALE_CRL or reason == STALE_CRL:
+    if reason == STALE_CRL:
         if allow_stale:
             if on_stale_admitted is not None:
                 on_stale_admitted(identity)
             return None
         return Refusal(reason, RefusalKind.STALE_CRL)
-    if reason is REVOKED or reason == REVOKED:
+    if reason == REVOKED:
         return Refusal(reason, RefusalKind.REVOKED)
     # Any other reason a revocation source gives is a refusal too (fail closed).
     return Refusal(reason, RefusalKind.BAD_CERT)
