@@ -50,6 +50,11 @@ def _curl(tmp_path: Path, state: Path, port: int, name: str) -> subprocess.Compl
          f"https://localhost:{port}/"], capture_output=True, text=True, check=False)
 
 
+def _revoked_alert(result: subprocess.CompletedProcess[str]) -> bool:
+    """curl was refused with the certificate_revoked TLS alert (issue #12)."""
+    return result.returncode != 0 and "alert certificate revoked" in result.stderr
+
+
 def test_revoke_bites_without_restart(live):
     tmp_path, state, proxy = live
     assert json.loads(_curl(tmp_path, state, proxy.port, "carol").stdout)["cn"] == "carol"
@@ -61,7 +66,7 @@ def test_revoke_bites_without_restart(live):
 
         def refused() -> bool:
             result = _curl(tmp_path, state, proxy.port, "carol")
-            return "revoked" in result.stdout
+            return _revoked_alert(result)
 
         wait_until(refused, 5, "carol to be refused after revocation")
         # The keep-alive connection opened before the revocation is gone too.
@@ -73,12 +78,12 @@ def test_revoke_bites_without_restart(live):
 def test_bad_crl_keeps_the_previous_one(live):
     tmp_path, state, proxy = live
     _ca(state, "revoke", "carol")
-    wait_until(lambda: "revoked" in _curl(tmp_path, state, proxy.port, "carol").stdout, 5,
+    wait_until(lambda: _revoked_alert(_curl(tmp_path, state, proxy.port, "carol")), 5,
                "carol to be refused")
     crl = state / "ca" / "crl.pem"
     crl.write_text("-----BEGIN X509 CRL-----\nnot a crl\n-----END X509 CRL-----\n")
     proxy.wait_for_log("revocation refresh failed", timeout=5)
-    assert "revoked" in _curl(tmp_path, state, proxy.port, "carol").stdout
+    assert _revoked_alert(_curl(tmp_path, state, proxy.port, "carol"))
     assert json.loads(_curl(tmp_path, state, proxy.port, "dave").stdout)["cn"] == "dave"
 
 
@@ -105,7 +110,7 @@ def test_revocation_reaches_connections_from_before_a_reload(live):
         proxy.wait_for_log("configuration reloaded")
         assert old_conn.request("GET", "/").status == 200
         _ca(state, "revoke", "carol")
-        wait_until(lambda: "revoked" in _curl(tmp_path, state, proxy.port, "carol").stdout, 5,
+        wait_until(lambda: _revoked_alert(_curl(tmp_path, state, proxy.port, "carol")), 5,
                    "carol to be refused on new connections")
         with pytest.raises((ConnectionError, OSError)):
             old_conn.request("GET", "/")

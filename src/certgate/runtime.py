@@ -20,6 +20,7 @@ from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
 from certgate.proxy.upstream import UpstreamPool
 from certgate.revocation import (
+    REVOKED,
     RevocationIndex,
     RevocationSources,
     checked_ca_files,
@@ -29,6 +30,7 @@ from certgate.revocation import (
 from certgate.revocation_state import STATE_FILE
 from certgate.roles import resolve as resolve_roles
 from certgate.routing import RouteTable, automatic_host_sets, uncovered_hosts
+from certgate.tls import openssl
 from certgate.tls.contexts import (
     ContextSet,
     ServerCertificate,
@@ -116,8 +118,27 @@ class Runtime:
         self._roles: dict[int, tuple[str, ...]] = {}
         if ca is not None:
             self.set_roles(ca.inventory_snapshot())
+        contexts.set_leaf_check(self.handshake_check)
 
     # -- per connection -------------------------------------------------
+    def handshake_check(self, der: bytes) -> int:
+        """Inside the handshake, once OpenSSL has verified the chain: refuse a
+        revoked leaf with the ``certificate_revoked`` alert (issue #12).
+
+        Only revocation is decided here. Everything else :meth:`check_peer`
+        refuses (a stale CRL, a profile certgate cannot read) is answered
+        after the handshake with a 403 that says why, and check_peer runs
+        for every connection anyway, so this is an earlier refusal, never
+        the only one. The parsed identity is cached for check_peer.
+        """
+        try:
+            identity = self.identities.get_or_parse(der)
+        except InvalidCertificate:
+            return 0  # refused by check_peer, with its reason
+        if self.revocation.check(identity) == REVOKED:
+            return openssl.X509_V_ERR_CERT_REVOKED
+        return 0
+
     def check_peer(self, der: bytes) -> tuple[ClientIdentity | None, Refusal | None]:
         """The identity of a verified peer, and a reason to refuse it, if any.
 
@@ -207,6 +228,12 @@ class Runtime:
 
     def handshake_failed(self, info: ConnectionInfo, exc: BaseException) -> None:
         reason = getattr(exc, "reason", None) or type(exc).__name__
+        # OpenSSL's verify result in words ("certificate revoked", "unable to
+        # get local issuer certificate"): CERTIFICATE_VERIFY_FAILED alone does
+        # not say which of a dozen checks refused.
+        detail = getattr(exc, "verify_message", None)
+        if detail:
+            reason = f"{reason} ({detail})"
         log.info("TLS handshake failed: client=%s sni=%s reason=%s", info.peer_ip,
                  info.sni or "-", reason)
 

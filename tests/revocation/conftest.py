@@ -137,7 +137,10 @@ def local_ca(tmp_path: Path) -> LocalCA:
 
 # -- talking to certgate ----------------------------------------------------
 
-Outcome = int | str  # an HTTP status, or "closed" when there was no answer
+# An HTTP status; "certificate_revoked" when the handshake was refused with
+# that TLS alert; "closed" when there was no answer for any other reason.
+Outcome = int | str
+REVOKED_ALERT = "certificate_revoked"
 
 
 def attempt(port: int, ctx: ssl.SSLContext, target: str = "/echo", *, sni: str = "localhost",
@@ -149,7 +152,12 @@ def attempt(port: int, ctx: ssl.SSLContext, target: str = "/echo", *, sni: str =
             reused = conn.sock.session_reused
             response = conn.request("GET", target, host=sni)
             return response.status, response.body, reused
-    except (ssl.SSLError, ConnectionError, OSError):
+    except ssl.SSLError as exc:
+        # TLS 1.3 clients read the alert after their side of the handshake.
+        if exc.reason == "SSLV3_ALERT_CERTIFICATE_REVOKED":
+            return REVOKED_ALERT, b"", reused
+        return "closed", b"", reused
+    except (ConnectionError, OSError):
         return "closed", b"", reused
 
 
@@ -158,8 +166,12 @@ def outcome(port: int, ctx: ssl.SSLContext, target: str = "/echo") -> Outcome:
 
 
 def refused_as(port: int, ctx: ssl.SSLContext, reason: str) -> bool:
-    """A new connection gets 403 whose body names ``reason``."""
+    """A new connection is refused for ``reason``: "revoked" inside the TLS
+    handshake with the certificate_revoked alert (issue #12), anything else
+    (a stale CRL...) with a 403 whose body names it."""
     status, body, _ = attempt(port, ctx)
+    if reason == "revoked":
+        return status == REVOKED_ALERT
     return status == 403 and reason.encode() in body
 
 

@@ -156,6 +156,7 @@ def ca_subjects(trust_pem: str) -> list[bytes]:
 
 
 _ca_names_unavailable_logged = False
+_leaf_check_unavailable_logged = False
 
 
 def _send_ca_names(ctx: ssl.SSLContext, trust_pem: str) -> None:
@@ -217,6 +218,25 @@ class ContextSet:
             for name in cert.names:
                 entries.setdefault(name, index)  # first configured certificate wins
         self._by_name: HostTable[int] = HostTable(entries.items())
+
+    def set_leaf_check(self, check: openssl.LeafCheck) -> bool:
+        """Run ``check`` inside every handshake that verifies a client chain
+        (:func:`certgate.tls.openssl.set_leaf_check`); False, logged once per
+        process, where libssl cannot be reached (the same check still runs
+        after the handshake, answering 403 instead of a TLS alert)."""
+        global _leaf_check_unavailable_logged
+        for (mode, _), ctx in self._contexts.items():
+            if mode is ClientAuth.OFF:
+                continue
+            try:
+                openssl.set_leaf_check(ctx, check)
+            except openssl.Unavailable as exc:
+                if not _leaf_check_unavailable_logged:
+                    _leaf_check_unavailable_logged = True
+                    log.warning("cannot check revocation inside the TLS handshake (%s); "
+                                "revoked certificates get a 403 after it instead", exc)
+                return False
+        return True
 
     def select(self, sni: str | None, mode: ClientAuth) -> ssl.SSLContext:
         index = self._by_name.lookup(sni) if sni is not None else None

@@ -24,6 +24,11 @@ So this module calls the verifier itself, with the listener's settings:
   the context's certificate store, purpose ``ssl_client``, the context's
   verify parameters, and the context's security level as the auth level.
 
+The same access installs a verify callback (:func:`set_leaf_check`) so that
+a certificate certgate itself refuses (revoked by a CRL certgate reads) is
+refused inside the handshake with the ``certificate_revoked`` alert, as
+nginx does with ``ssl_crl``, instead of after it with an HTTP 403.
+
 The same access sets the acceptable-CA names of a CertificateRequest
 (:func:`set_client_ca_names`, ``SSL_CTX_set_client_CA_list``, which nginx
 sets from ``ssl_client_certificate``): Python's :mod:`ssl` cannot, and
@@ -39,12 +44,27 @@ from __future__ import annotations
 import ctypes
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ChainVerdict", "Unavailable", "set_client_ca_names", "set_verify_depth",
-           "verify_client_chain"]
+__all__ = ["X509_V_ERR_CERT_REVOKED", "ChainVerdict", "LeafCheck", "Unavailable",
+           "set_client_ca_names", "set_leaf_check", "set_verify_depth", "verify_client_chain"]
 
 _P = ctypes.c_void_p
+
+#: x509_vfy.h: what a leaf check may answer besides 0 (pass). OpenSSL maps
+#: X509_V_ERR_CERT_REVOKED to the certificate_revoked alert
+#: (ssl/statem/statem_lib.c, ssl_x509err2alert), and an exception in the
+#: check to X509_V_ERR_APPLICATION_VERIFICATION (handshake_failure).
+X509_V_ERR_CERT_REVOKED = 23
+X509_V_ERR_APPLICATION_VERIFICATION = 50
+
+#: ``int verify_callback(int preverify_ok, X509_STORE_CTX *ctx)``
+_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, _P)
+
+#: A check on the leaf's DER once OpenSSL has verified the whole chain:
+#: 0 to pass, or an X509_V_ERR_* code to refuse the handshake with.
+LeafCheck = Callable[[bytes], int]
 
 
 class Unavailable(RuntimeError):
@@ -101,6 +121,11 @@ def _library() -> ctypes.CDLL:
         "SSL_CTX_get_client_CA_list": ([_P], _P),
         "SSL_CTX_set_verify_depth": ([_P, ctypes.c_int], None),
         "SSL_CTX_get_verify_depth": ([_P], ctypes.c_int),
+        "SSL_CTX_set_verify": ([_P, ctypes.c_int, _P], None),
+        "SSL_CTX_get_verify_callback": ([_P], _P),
+        "X509_STORE_CTX_get_current_cert": ([_P], _P),
+        "X509_STORE_CTX_set_error": ([_P, ctypes.c_int], None),
+        "i2d_X509": ([_P, ctypes.POINTER(ctypes.c_void_p)], ctypes.c_int),
     }
     for name, (args, result) in signatures.items():
         try:
@@ -239,3 +264,61 @@ def set_verify_depth(context: ssl.SSLContext, depth: int) -> None:
     lib.SSL_CTX_set_verify_depth(ssl_ctx, depth)
     if lib.SSL_CTX_get_verify_depth(ssl_ctx) != depth:
         raise Unavailable("the verify depth did not stick")
+
+
+def _leaf_der(lib: ctypes.CDLL, cert: int) -> bytes | None:
+    size = lib.i2d_X509(cert, None)
+    if size <= 0:
+        return None
+    buffer = ctypes.create_string_buffer(size)
+    cursor = ctypes.c_void_p(ctypes.addressof(buffer))  # i2d advances it
+    if lib.i2d_X509(cert, ctypes.byref(cursor)) != size:
+        return None
+    return buffer.raw
+
+
+def set_leaf_check(context: ssl.SSLContext, check: LeafCheck) -> None:
+    """Call ``check`` on the client's leaf inside the handshake, after OpenSSL
+    has verified the chain, and refuse the handshake with the code it answers.
+
+    The callback only ever narrows OpenSSL's verdict: a certificate OpenSSL
+    refused stays refused (``preverify_ok`` 0 is returned unchanged), and the
+    check runs once, at depth 0, where OpenSSL signals that the whole chain
+    passed (``internal_verify``; checks after it, such as name constraints,
+    call the callback again with 0 and stay refused). Resumed sessions carry
+    no certificate to verify: the post-handshake checks cover those.
+
+    The callback object is kept on ``context``: the SSL_CTX (and every SSL
+    made from it, which holds a reference to the Python context) must never
+    call a freed trampoline.
+
+    Raises:
+        Unavailable: libssl cannot be reached safely, the context already
+            has a verify callback, or the callback did not stick.
+    """
+    lib = _lib()
+    ssl_ctx = _ssl_ctx(context)
+    if lib.SSL_CTX_get_verify_callback(ssl_ctx):
+        raise Unavailable("the context already has a verify callback")
+
+    def callback(preverify_ok: int, store_ctx: int) -> int:
+        if not preverify_ok:
+            return 0
+        try:
+            if lib.X509_STORE_CTX_get_error_depth(store_ctx) != 0:
+                return 1
+            der = _leaf_der(lib, lib.X509_STORE_CTX_get_current_cert(store_ctx))
+            code = X509_V_ERR_APPLICATION_VERIFICATION if der is None else check(der)
+        except Exception:  # fail closed: a broken check refuses, never admits
+            code = X509_V_ERR_APPLICATION_VERIFICATION
+        if code:
+            lib.X509_STORE_CTX_set_error(store_ctx, code)
+            return 0
+        return 1
+
+    trampoline = _VERIFY_CALLBACK(callback)
+    pointer = ctypes.cast(trampoline, _P).value
+    context._certgate_leaf_check = trampoline  # type: ignore[attr-defined]
+    lib.SSL_CTX_set_verify(ssl_ctx, lib.SSL_CTX_get_verify_mode(ssl_ctx), pointer)
+    if lib.SSL_CTX_get_verify_callback(ssl_ctx) != pointer:
+        raise Unavailable("the verify callback did not stick")
