@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from certgate.config.schema import Config
 from certgate.errors import CertgateError
 from certgate.sdnotify import Notifier
+from certgate.tls import tickets
 
 if TYPE_CHECKING:
     from certgate.metrics import Exporter
@@ -255,6 +256,8 @@ class _Parent:
     def run(self) -> int:
         from certgate.runtime import build_runtime
 
+        # Ticket keys every worker derives alike, drawn before forking.
+        tickets.prepare()
         build_runtime(self.config).close()  # prepare CA and certificates once, before forking
         wake_read, wake_write = os.pipe()
         for fd in (wake_read, wake_write):

@@ -9,7 +9,9 @@ client authentication (the nginx CVE-2025-23419 class). certgate instead
 picks the context *before* TLS starts, from the SNI it peeked
 (:mod:`certgate.tls.clienthello`). Each context has its own session cache and
 ticket keys, so a session from a context of one class cannot be resumed on a
-context of another class.
+context of another class (with ``tls.session_tickets`` the keys are derived
+per class and names from a secret all workers share:
+:mod:`certgate.tls.tickets`).
 
 Session tickets are off unless ``tls.session_tickets`` asks for them: OpenSSL
 issues two TLS 1.3 tickets per handshake by default, which costs about a third
@@ -32,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from certgate.config.schema import CertificateFiles, ClientAuth, TLSSettings
 from certgate.errors import CertgateError
 from certgate.hostnames import HostTable, InvalidHost, normalise_pattern
-from certgate.tls import openssl
+from certgate.tls import openssl, tickets
 from certgate.tls.alerts import AlertingSSLObject
 
 log = logging.getLogger("certgate.tls")
@@ -157,6 +159,7 @@ def ca_subjects(trust_pem: str) -> list[bytes]:
 
 _ca_names_unavailable_logged = False
 _leaf_check_unavailable_logged = False
+_ticket_keys_unavailable_logged = False
 
 
 def _send_ca_names(ctx: ssl.SSLContext, trust_pem: str) -> None:
@@ -195,6 +198,23 @@ def client_verification_context(trust_pem: str, settings: TLSSettings) -> ssl.SS
     return ctx
 
 
+def _share_ticket_keys(ctx: ssl.SSLContext, mode: ClientAuth, cert: ServerCertificate) -> None:
+    """Keys every worker derives alike for this class and these names
+    (:mod:`certgate.tls.tickets`), so a ticket resumes on any worker and
+    after a reload, and never on a context of another class."""
+    label = f"{mode.value}\0{','.join(sorted(cert.names))}\0{cert.files.cert}"
+    try:
+        openssl.set_ticket_keys(ctx, tickets.context_keys(label))
+    except openssl.Unavailable as exc:
+        # Asked for and not applied: each context keeps its own random keys,
+        # which is safe (resumption works on the issuing worker only).
+        global _ticket_keys_unavailable_logged
+        if not _ticket_keys_unavailable_logged:
+            _ticket_keys_unavailable_logged = True
+            log.warning("cannot share TLS ticket keys between workers (%s); a ticket "
+                        "resumes only on the worker that issued it", exc)
+
+
 class ContextSet:
     """Every server context a listener can hand a connection to."""
 
@@ -211,8 +231,10 @@ class ContextSet:
         self._contexts: dict[tuple[ClientAuth, int], ssl.SSLContext] = {}
         for mode in modes:
             for index, cert in enumerate(certificates):
-                self._contexts[(mode, index)] = server_context(mode, cert.files, trust_pem,
-                                                               settings)
+                ctx = server_context(mode, cert.files, trust_pem, settings)
+                if settings.session_tickets:
+                    _share_ticket_keys(ctx, mode, cert)
+                self._contexts[(mode, index)] = ctx
         entries: dict[str, int] = {}
         for index, cert in enumerate(certificates):
             for name in cert.names:

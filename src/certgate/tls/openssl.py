@@ -48,7 +48,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["X509_V_ERR_CERT_REVOKED", "ChainVerdict", "LeafCheck", "Unavailable",
-           "set_client_ca_names", "set_leaf_check", "set_verify_depth", "verify_client_chain"]
+           "set_client_ca_names", "set_leaf_check", "set_ticket_keys", "set_verify_depth",
+           "verify_client_chain"]
 
 _P = ctypes.c_void_p
 
@@ -126,6 +127,7 @@ def _library() -> ctypes.CDLL:
         "X509_STORE_CTX_get_current_cert": ([_P], _P),
         "X509_STORE_CTX_set_error": ([_P, ctypes.c_int], None),
         "i2d_X509": ([_P, ctypes.POINTER(ctypes.c_void_p)], ctypes.c_int),
+        "SSL_CTX_ctrl": ([_P, ctypes.c_int, ctypes.c_long, _P], ctypes.c_long),
     }
     for name, (args, result) in signatures.items():
         try:
@@ -322,3 +324,26 @@ def set_leaf_check(context: ssl.SSLContext, check: LeafCheck) -> None:
     lib.SSL_CTX_set_verify(ssl_ctx, lib.SSL_CTX_get_verify_mode(ssl_ctx), pointer)
     if lib.SSL_CTX_get_verify_callback(ssl_ctx) != pointer:
         raise Unavailable("the verify callback did not stick")
+
+
+# ssl.h: SSL_CTX_set_tlsext_ticket_keys / _get_ are macros over SSL_CTX_ctrl.
+_SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+
+
+def set_ticket_keys(context: ssl.SSLContext, keys: bytes) -> None:
+    """``SSL_CTX_set_tlsext_ticket_keys``: the key name, HMAC and AES keys
+    (80 bytes) that encrypt this context's session tickets.
+
+    Raises:
+        Unavailable: libssl cannot be reached safely, or the keys did not stick.
+    """
+    lib = _lib()
+    ssl_ctx = _ssl_ctx(context)
+    given = ctypes.create_string_buffer(keys, len(keys))
+    if lib.SSL_CTX_ctrl(ssl_ctx, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, len(keys), given) != 1:
+        raise Unavailable(f"libssl refused {len(keys)} bytes of ticket keys")
+    held = ctypes.create_string_buffer(len(keys))
+    if lib.SSL_CTX_ctrl(ssl_ctx, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, len(keys), held) != 1 or \
+            held.raw != keys:
+        raise Unavailable("the ticket keys did not stick")
