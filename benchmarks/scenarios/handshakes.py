@@ -119,6 +119,6 @@ def run(bench: Bench) -> dict[str, dict[str, Any]]:
     if "3" in out:
         out["3"]["notes"].append(
             "resumed = the share of connections whose offered session was accepted; below "
-            "100% the rest were full handshakes (with several workers: a ticket only "
-            "resumes on a worker that holds the key it was sealed with)")
+            "100% the rest were full handshakes (certgate's workers share ticket keys, "
+            "tls/tickets.py; before they did, about half failed with 2 workers)")
     return out
