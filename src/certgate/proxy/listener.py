@@ -137,20 +137,30 @@ class _PendingHello:
         self.fd = conn.fileno()
         self.timer: asyncio.TimerHandle | None = None
         self.lowat = 1
+        self.watching = False  # add_reader was called (the ClientHello was incomplete)
 
     def start(self) -> None:
+        # The ClientHello usually follows the client's ACK at once, so it is
+        # often in the socket buffer by the time accept() returns: try it
+        # now, and only watch the socket (an epoll registration, a timer,
+        # and later their removal) when it is not all there yet.
+        if self._attempt():
+            return
         loop = self.listener._loop
         timeout = self.listener._current().config.limits.handshake_timeout
         self.timer = loop.call_later(timeout, self.abandon, "timeout")
         loop.add_reader(self.fd, self._on_readable)
+        self.watching = True
 
     def _finish(self) -> None:
         self.listener._pending.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        with contextlib.suppress(ValueError, OSError):
-            self.listener._loop.remove_reader(self.fd)
+        if self.watching:
+            self.watching = False
+            with contextlib.suppress(ValueError, OSError):
+                self.listener._loop.remove_reader(self.fd)
 
     def abandon(self, reason: str | None = None) -> None:
         """Close a socket that never completed a ClientHello.
@@ -166,16 +176,21 @@ class _PendingHello:
             self.conn.close()
 
     def _on_readable(self) -> None:
+        self._attempt()
+
+    def _attempt(self) -> bool:
+        """Peek at what has arrived; True once the socket is handed over or
+        closed, False while more of the ClientHello is awaited."""
         try:
             data = self.conn.recv(_PEEK_SIZE, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self.abandon()
-            return
+            return True
         if not data:
             self.abandon()
-            return
+            return True
         peek = peek_client_hello(data)
         if not peek.complete:
             if peek.need != self.lowat:
@@ -184,7 +199,8 @@ class _PendingHello:
                     self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self.lowat)
                 except OSError:
                     self.abandon()
-            return
+                    return True
+            return False
         self._finish()
         if peek.error is not None:
             metrics.METRICS.handshake(self.listener.label, "protocol")
@@ -193,11 +209,12 @@ class _PendingHello:
                     self.conn.send(_PLAIN_HTTP_ANSWER)
             with contextlib.suppress(OSError):
                 self.conn.close()
-            return
+            return True
         if self.lowat != 1:
             try:
                 self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             except OSError:
                 self.abandon()
-                return
+                return True
         self.listener.hand_over(self.conn, self.peer_ip, peek.sni)
+        return True

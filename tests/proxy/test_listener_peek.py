@@ -1,0 +1,83 @@
+"""The listener reads the ClientHello's SNI whether it is already there when
+accept() returns (peeked at once, issue #15: no epoll registration for it) or
+arrives later in pieces (watched with SO_RCVLOWAT), and closes a silent
+connection after ``limits.handshake_timeout``.
+
+A real ClientHello from Python's ssl is sent over a raw socket; the server's
+answer is read as TLS records: a handshake record (ServerHello) means the
+connection reached OpenSSL with the right context.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+import pytest
+
+CONFIG = """
+state_dir: {state}
+listen: ["127.0.0.1:0"]
+limits: {handshake_timeout: 1}
+routes:
+  - {host: localhost, upstream: whoami, client_auth: require}
+"""
+
+
+def _client_hello(sni: str = "localhost") -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def _first_record_type(sock: socket.socket) -> int | None:
+    """The content type of the first TLS record the server sends (22 =
+    handshake), or None when it closes without one."""
+    sock.settimeout(5)
+    data = sock.recv(5)
+    return data[0] if data else None
+
+
+def test_a_hello_sent_with_the_connection_is_served(start_certgate) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_certgate(CONFIG)
+    hello = _client_hello()
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(hello)  # before the server has even accepted, usually
+            assert _first_record_type(sock) == 22
+
+
+@pytest.mark.parametrize("cut", [1, 5, 40])
+def test_a_hello_in_pieces_is_served(start_certgate, cut: int) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_certgate(CONFIG)
+    hello = _client_hello()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(hello[:cut])
+        # The server must be waiting for the rest, not answering or closing.
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        sock.sendall(hello[cut:])
+        assert _first_record_type(sock) == 22
+
+
+def test_a_silent_connection_is_closed_after_the_handshake_timeout(start_certgate) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_certgate(CONFIG)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        started = time.monotonic()
+        sock.settimeout(10)
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started >= 0.9
+
+
+def test_plain_http_gets_the_one_line_answer_at_once(start_certgate) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_certgate(CONFIG)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(200).startswith(b"HTTP/1.1 400 Bad Request")
