@@ -26,10 +26,16 @@ class ServerSpec:
     key_type: str = "ecdsa"
     tickets: bool | None = None  # None: the server's default (certgate off, nginx on)
     crl: bool = False  # the handshake CRL (10k entries) loaded
+    # certgate as users run it (issue #15): the JSON access log (to stdout,
+    # which the benchmark sends to a file) and the metrics listener on, as
+    # in the default config; the other certgate rows turn both off.
+    as_users: bool = False
 
     @property
     def label(self) -> str:
         parts = []
+        if self.as_users:
+            parts.append("default config")
         if self.tickets is not None and self.tickets != (self.kind == "nginx"):
             parts.append("tickets " + ("on" if self.tickets else "off"))
         return self.kind + (f" ({', '.join(parts)})" if parts else "")
@@ -66,7 +72,8 @@ class Bench:
         if spec.kind == "certgate":
             return start_certgate(directory, name=spec.label, workers=workers, chain=chain,
                                   upstream_port=self.upstream.port,
-                                  tickets=bool(spec.tickets), crl=crl, profile_to=profile_to)
+                                  tickets=bool(spec.tickets), crl=crl, profile_to=profile_to,
+                                  as_users=spec.as_users)
         assert self.nginx is not None
         return start_nginx(self.nginx, directory, name=spec.label, workers=workers,
                            chain=chain, upstream_port=self.upstream.port,

@@ -105,15 +105,19 @@ def _spawn(argv: list[str], directory: Path, env: dict[str, str] | None = None,
 
 
 def certgate_config(*, port: int, upstream_port: int, chain: Chain, workers: str,
-                    state_dir: Path, tickets: bool = False, crl: Path | None = None) -> str:
-    """A certgate config equivalent to :func:`benchmarks.nginx.nginx_config`."""
+                    state_dir: Path, tickets: bool = False, crl: Path | None = None,
+                    as_users: bool = False) -> str:
+    """A certgate config equivalent to :func:`benchmarks.nginx.nginx_config`;
+    ``as_users`` keeps the default config's access log (stdout, JSON) and
+    metrics listener (on a free port, so several certgates can run)."""
     crls = f"[{str(crl)!r}]" if crl is not None else "[]"
+    observability = (f'metrics: {{listen: "127.0.0.1:{free_port()}"}}' if as_users else
+                     'metrics: {listen: "off"}\naccess_log: {path: "off"}')
     return f"""\
 state_dir: {str(state_dir)!r}
 listen: ["127.0.0.1:{port}"]
 workers: {workers}
-metrics: {{listen: "off"}}
-access_log: {{path: "off"}}
+{observability}
 tls:
   certificates:
     - {{cert: {str(chain.server_cert)!r}, key: {str(chain.server_key)!r}}}
@@ -132,7 +136,7 @@ routes:
 
 def start_certgate(directory: Path, *, name: str, workers: str, chain: Chain,
                    upstream_port: int, tickets: bool = False, crl: Path | None = None,
-                   profile_to: Path | None = None) -> ServerProcess:
+                   profile_to: Path | None = None, as_users: bool = False) -> ServerProcess:
     """Start ``python -m certgate run`` and wait for its ready line.
 
     With ``profile_to`` the worker runs under cProfile (see
@@ -144,7 +148,7 @@ def start_certgate(directory: Path, *, name: str, workers: str, chain: Chain,
     config = directory / "certgate.yaml"
     config.write_text(certgate_config(port=port, upstream_port=upstream_port, chain=chain,
                                       workers=workers, state_dir=directory / "state",
-                                      tickets=tickets, crl=crl))
+                                      tickets=tickets, crl=crl, as_users=as_users))
     module = "benchmarks.profiled" if profile_to is not None else "certgate"
     env = child_env(CERTGATE_BENCH_PROFILE=str(profile_to)) if profile_to else child_env()
     proc = _spawn([sys.executable, "-m", module, "--log-level", "warning", "run",

@@ -46,13 +46,20 @@ def _plans(bench: Bench) -> list[Plan]:
                 if bench.opts.quick and spec.tickets is False:
                     continue  # the quick run only proves every code path works
                 plans.append(Plan(scenario, f"{key_type}", spec, version))
+        if scenario == "1" and not bench.opts.quick:
+            plans.append(Plan(scenario, "ecdsa", ServerSpec("certgate", "ecdsa", as_users=True),
+                              version))
         if scenario == "1":
             for kind in ("certgate", "nginx"):
                 spec = ServerSpec(kind, "ecdsa", crl=True)
                 variant = f"ecdsa + {bench.opts.handshake_crl_entries // 1000}k CRL"
                 plans.append(Plan(scenario, variant, spec, version))
     if "3" in bench.opts.scenarios:
-        for spec in (ServerSpec("certgate", "ecdsa", tickets=True), ServerSpec("nginx", "ecdsa")):
+        for spec in (ServerSpec("certgate", "ecdsa", tickets=True),
+                     ServerSpec("certgate", "ecdsa", tickets=True, as_users=True),
+                     ServerSpec("nginx", "ecdsa")):
+            if bench.opts.quick and spec.as_users:
+                continue
             plans.append(Plan("3", "ecdsa, TLS 1.3 tickets", spec, "1.3", resume=True))
     return plans
 

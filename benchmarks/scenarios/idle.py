@@ -53,7 +53,9 @@ def _measure(bench: Bench, workers: str, label: str, server: ServerProcess) -> d
 def run(bench: Bench) -> dict[str, dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for workers in bench.opts.workers:
-        with bench.servers([ServerSpec("certgate"), ServerSpec("nginx")], workers) as running:
+        specs = [ServerSpec("certgate"), ServerSpec("certgate", as_users=True),
+                 ServerSpec("nginx")]
+        with bench.servers(specs, workers) as running:
             for spec, server in running.items():
                 rows.append(_measure(bench, workers, spec.label, server))
     return {"7": {"rows": rows, "notes": [

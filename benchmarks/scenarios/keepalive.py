@@ -91,7 +91,7 @@ def run(bench: Bench) -> dict[str, dict[str, Any]]:
     opts = bench.opts
     peak_rows: list[dict[str, Any]] = []
     added_rows: list[dict[str, Any]] = []
-    specs = [ServerSpec("certgate"), ServerSpec("nginx")]
+    specs = [ServerSpec("certgate"), ServerSpec("certgate", as_users=True), ServerSpec("nginx")]
     for workers in opts.workers:
         with bench.servers(specs, workers) as running:
             servers: list[tuple[str, ServerProcess | None]] = [
@@ -107,7 +107,7 @@ def run(bench: Bench) -> dict[str, dict[str, Any]]:
                 rows.append(_peak_row(workers, DIRECT, direct))
                 nginx = next((r for r in rows if r["server"] == "nginx"), None)
                 for row in rows:
-                    if nginx is not None and row["server"] == "certgate":
+                    if nginx is not None and row["server"].startswith("certgate"):
                         row["certgate_over_nginx"] = ratio(row["requests_per_s"],
                                                            nginx["requests_per_s"])
                 peak_rows += rows

@@ -52,12 +52,15 @@ def _measure(bench: Bench, workers: str, label: str, server: ServerProcess,
 def run(bench: Bench) -> dict[str, dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for workers in bench.opts.workers:
-        with bench.servers([ServerSpec("certgate"), ServerSpec("nginx")], workers) as running:
+        specs = [ServerSpec("certgate"), ServerSpec("nginx")]
+        if not bench.opts.quick:
+            specs.insert(1, ServerSpec("certgate", as_users=True))
+        with bench.servers(specs, workers) as running:
             for direction in ("download", "upload"):
                 for spec, server in running.items():
                     rows.append(_measure(bench, workers, spec.label, server, direction))
     for row in rows:
-        if row["server"] == "certgate":
+        if row["server"].startswith("certgate"):
             nginx = next((r for r in rows if r["server"] == "nginx"
                           and r["workers"] == row["workers"]
                           and r["direction"] == row["direction"]), None)
