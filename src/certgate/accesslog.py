@@ -3,7 +3,8 @@
 Carries who (client IP, CN, serial, fingerprint), what (host, method, path,
 status, bytes both ways, duration, upstream) and, for refusals, why. Never a
 key, never a whole certificate, never a query string (tokens live there:
-Immich share keys, Home Assistant auth callbacks).
+Immich share keys, Home Assistant auth callbacks), never an enrollment
+token (the path segment after ``/enroll/`` is redacted).
 
 Off the hot path (issue #15): the event loop only appends the request's
 values (a tuple of references) to a list under a lock; a writer thread
@@ -27,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 import h11
 
 from certgate.config.schema import AccessLog, LogFormat
+from certgate.enroll.paths import redact
 
 if TYPE_CHECKING:
     from certgate.proxy.admission import Admitted
@@ -125,6 +127,12 @@ def entry_of(item: _Pending, clock: _Clock) -> dict[str, Any]:
     info, identity, request, admitted = item.info, item.identity, item.request, item.admitted
     path = admitted.path if admitted is not None else (
         request.target.split(b"?", 1)[0].decode("ascii", "replace") if request else "-")
+    reason = item.reason
+    if "/enroll/" in path:
+        # An enrollment token is a bearer secret in the path (certgate.enroll).
+        path = redact(path)
+    if reason and "/enroll/" in reason:
+        reason = redact(reason)
     entry: dict[str, Any] = {
         "time": clock.text(item.at),
         "client_ip": info.peer_ip,
@@ -142,8 +150,8 @@ def entry_of(item: _Pending, clock: _Clock) -> dict[str, Any]:
         "upstream": admitted.route.upstream.label if admitted else None,
         "route": admitted.route.name if admitted else None,
     }
-    if item.reason:
-        entry["reason"] = item.reason
+    if reason:
+        entry["reason"] = reason
     return entry
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from certgate import memtrim, metrics
 from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
+from certgate.enroll.service import EnrollService
 from certgate.proxy.upstream import UpstreamPool
 from certgate.revocation import (
     REVOKED,
@@ -119,6 +120,9 @@ class Runtime:
         if ca is not None:
             self.set_roles(ca.inventory_snapshot())
         contexts.set_leaf_check(self.handshake_check)
+        #: The built-in enrollment service, when a route uses ``upstream: enroll``.
+        self.enroll = EnrollService(ca, config, builtin_server=bool(automatic_certificates)) \
+            if config.enroll_routes else None
 
     # -- per connection -------------------------------------------------
     def handshake_check(self, der: bytes) -> int:
@@ -274,7 +278,8 @@ def build_runtime(config: Config, notice: Notice = log.warning,
     its file no longer holds stays in force (see RevocationSources.load).
     """
     routes = RouteTable(config.routes)
-    needs_builtin = config.uses_builtin_ca
+    # The enrollment service issues from the built-in CA, whatever it trusts.
+    needs_builtin = config.uses_builtin_ca or bool(config.enroll_routes)
     certificates = [read_server_certificate(files) for files in config.tls.certificates]
     uncovered = uncovered_hosts(config, (n for cert in certificates for n in cert.names))
     ca = open_builtin_ca(config, notice, create=needs_builtin or bool(uncovered))

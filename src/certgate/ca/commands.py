@@ -454,3 +454,7 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     audit_verbs = audit.add_subparsers(dest="audit_action", metavar="verify", required=True)
     p = audit_verbs.add_parser("verify", parents=[common], help="check the hash chain")
     p.set_defaults(handler=cmd_audit_verify)
+
+    from certgate.enroll.commands import add_enroll_verb
+
+    add_enroll_verb(verb, _lifetime_args, _ca)
