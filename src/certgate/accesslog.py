@@ -3,7 +3,8 @@
 Carries who (client IP, CN, serial, fingerprint), what (host, method, path,
 status, bytes both ways, duration, upstream) and, for refusals, why. Never a
 key, never a whole certificate, never a query string (tokens live there:
-Immich share keys, Home Assistant auth callbacks).
+Immich share keys, Home Assistant auth callbacks), never an enrollment
+token (the path segment after ``/enroll/`` is redacted).
 
 Lines are formatted on the event loop but written by a background thread
 through a bounded queue: a stdout pipe that stalls (a slow journald, a
@@ -23,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import h11
 
 from certgate.config.schema import AccessLog, LogFormat
+from certgate.enroll.paths import redact
 
 if TYPE_CHECKING:
     from certgate.proxy.admission import Admitted
@@ -141,6 +143,11 @@ class AccessLogger:
             return
         path = admitted.path if admitted is not None else (
             request.target.split(b"?", 1)[0].decode("ascii", "replace") if request else "-")
+        if "/enroll/" in path:
+            # An enrollment token is a bearer secret in the path (certgate.enroll).
+            path = redact(path)
+        if reason and "/enroll/" in reason:
+            reason = redact(reason)
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "client_ip": info.peer_ip,

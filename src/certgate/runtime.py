@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from certgate import memtrim, metrics
 from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
+from certgate.enroll.service import EnrollService
 from certgate.proxy.upstream import UpstreamPool
 from certgate.revocation import (
     RevocationIndex,
@@ -121,6 +122,8 @@ class Runtime:
         self._roles: dict[int, tuple[str, ...]] = {}
         if ca is not None:
             self.set_roles(ca.inventory_snapshot())
+        #: The built-in enrollment service, when a route uses ``upstream: enroll``.
+        self.enroll = EnrollService(ca, config) if config.enroll_routes else None
 
     # -- per connection -------------------------------------------------
     def check_peer(self, der: bytes) -> tuple[ClientIdentity | None, Refusal | None]:
@@ -252,7 +255,8 @@ def build_runtime(config: Config, notice: Notice = log.warning,
     its file no longer holds stays in force (see RevocationSources.load).
     """
     routes = RouteTable(config.routes)
-    needs_builtin = config.uses_builtin_ca
+    # The enrollment service issues from the built-in CA, whatever it trusts.
+    needs_builtin = config.uses_builtin_ca or bool(config.enroll_routes)
     certificates = [read_server_certificate(files) for files in config.tls.certificates]
     uncovered = uncovered_hosts(config, (n for cert in certificates for n in cert.names))
     ca = open_builtin_ca(config, notice, create=needs_builtin or bool(uncovered))

@@ -20,6 +20,7 @@ import yaml
 
 from certgate.config.schema import (
     BUILTIN,
+    ENROLL,
     WHOAMI,
     AccessLog,
     CertificateFiles,
@@ -517,9 +518,29 @@ class _ConfigBuilder:
                 r.problem(m["no_certificate"], f"{where}.no_certificate",
                           "page has no effect: client_auth is off on this route and all its "
                           "rules, so no request is ever refused for want of a certificate")
+        if upstream is not None and upstream.is_enroll:
+            self.enroll_route(m, where, values)
         if host is None or upstream is None:
             return None
         return Route(host=host, upstream=upstream, path=path, **values)
+
+    def enroll_route(self, m: dict[str, Node], where: str, values: dict[str, Any]) -> None:
+        """The enrollment service must be reachable by a device that has no
+        certificate yet: its route is ``optional`` (the handshake asks, so
+        ``/renew`` sees a current certificate, but never insists) or ``off``,
+        and takes no setting that could lock an anonymous phone out."""
+        r = self.r
+        mode = values.setdefault("client_auth", ClientAuth.OPTIONAL)
+        if mode is ClientAuth.REQUIRE:
+            r.problem(m["client_auth"], f"{where}.client_auth",
+                      "the enroll upstream must be reachable without a client certificate: "
+                      "use optional (the default for it) or off")
+        for key in ("rules", "allow", "deny", "no_certificate", "forward_client_cert",
+                    "pass_headers", "trust_forwarded", "max_body"):
+            if key in m:
+                r.problem(m[key], f"{where}.{key}",
+                          f"the enroll upstream takes no {key}: certgate serves it itself, "
+                          "to devices without a certificate")
 
     def pass_headers(self, node: Node, where: str) -> frozenset[bytes]:
         """Names of stripped gateway headers a route lets through from clients."""
@@ -564,14 +585,15 @@ class _ConfigBuilder:
         text = r.string(node, where)
         if text is None:
             return None
-        if text == WHOAMI:
+        if text in (WHOAMI, ENROLL):
             if tls_node is not None:
-                r.problem(tls_node, tls_where, "the whoami upstream takes no TLS settings")
-            return Upstream(WHOAMI)
+                r.problem(tls_node, tls_where, f"the {text} upstream takes no TLS settings")
+            return Upstream(text)
         match = re.match(r"^(https?)://([^/?#]+)/?$", text, re.IGNORECASE)
         if match is None:
             r.problem(node, where,
-                      f"expected http://HOST:PORT, https://HOST:PORT or whoami, got {text!r}")
+                      f"expected http://HOST:PORT, https://HOST:PORT, whoami or enroll, "
+                      f"got {text!r}")
             return None
         scheme = match.group(1).lower()
         authority = match.group(2)

@@ -58,6 +58,9 @@ BUILTIN = "builtin"
 WHOAMI = "whoami"
 """The upstream name of the built-in identity echo."""
 
+ENROLL = "enroll"
+"""The upstream name of the built-in enrollment service (:mod:`certgate.enroll`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Listen:
@@ -158,9 +161,10 @@ class UpstreamTLS:
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """Where a route sends requests: a URL, or the built-in whoami echo."""
+    """Where a route sends requests: a URL, the built-in whoami echo or the
+    built-in enrollment service."""
 
-    scheme: str  # "http" | "https" | "whoami"
+    scheme: str  # "http" | "https" | "whoami" | "enroll"
     host: str = ""
     port: int = 0
     tls: UpstreamTLS | None = None
@@ -170,9 +174,18 @@ class Upstream:
         return self.scheme == WHOAMI
 
     @property
+    def is_enroll(self) -> bool:
+        return self.scheme == ENROLL
+
+    @property
+    def is_builtin(self) -> bool:
+        """Served by certgate itself: no connection to an upstream."""
+        return self.scheme in (WHOAMI, ENROLL)
+
+    @property
     def label(self) -> str:
-        if self.is_whoami:
-            return WHOAMI
+        if self.is_builtin:
+            return self.scheme
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
@@ -270,3 +283,8 @@ class Config:
     @property
     def uses_builtin_ca(self) -> bool:
         return BUILTIN in self.client_auth.trusted_cas or BUILTIN in self.client_auth.crls
+
+    @property
+    def enroll_routes(self) -> tuple[Route, ...]:
+        """Routes served by the built-in enrollment service (it needs the built-in CA)."""
+        return tuple(route for route in self.routes if route.upstream.is_enroll)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import h11
 
 REASONS = {
-    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout",
-    413: b"Content Too Large", 421: b"Misdirected Request", 431: b"Request Header Fields Too Large",
+    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 410: b"Gone", 413: b"Content Too Large",
+    421: b"Misdirected Request", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
     503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }

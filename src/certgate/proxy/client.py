@@ -10,7 +10,8 @@ changes the rules under a request in flight. Each request goes through:
    so a smuggled request pipelined behind never reaches an upstream;
 3. admission (:mod:`certgate.proxy.admission`): host, 421 guard, route,
    policy, body limit; refusals are answered here;
-4. the relay (:mod:`certgate.proxy.exchange`) or the built-in whoami.
+4. the relay (:mod:`certgate.proxy.exchange`), or the built-in whoami or
+   enrollment service (:mod:`certgate.enroll`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import TYPE_CHECKING
 import h11
 
 from certgate import memtrim, metrics
+from certgate.enroll.service import MAX_BODY, EnrollRequest
 from certgate.errors import HTTPError
 from certgate.http import certpage
-from certgate.http.responses import plain_response
+from certgate.http.responses import REASONS, plain_response
 from certgate.proxy.admission import Admitted, admit, check_framing
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.exchange import Plan, relay
@@ -133,6 +135,8 @@ class ClientConnection(Channel):
             self._skip_empty_body()
         if route.upstream.is_whoami:
             return await self._whoami(admitted, request, started)
+        if route.upstream.is_enroll:
+            return await self._enroll(admitted, request, started)
         plan = Plan(
             pool=self.runtime.pool_for(route),
             request=admitted.upstream_request,
@@ -196,12 +200,16 @@ class ClientConnection(Channel):
             if not isinstance(event, h11.EndOfMessage):
                 raise ChannelClosed("expected an empty request body")
 
-    async def _whoami(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
-        # Read and discard any body so the connection can be reused, under
-        # the same pace as a proxied body: whoami is reachable anonymously.
+    async def _read_body(self, admitted: Admitted, request: h11.Request, started: float,
+                         limit: int) -> bytes | bool:
+        """The request body of a built-in upstream, under the same pace as a
+        proxied body (both are reachable anonymously); at most ``limit``
+        bytes are kept (more: 413). A bool when it was refused or the client
+        went away: what :meth:`_handle` returns."""
         timeouts = admitted.route.timeouts
         pace = BodyPace.start(timeouts.body_min_rate, timeouts.body_rate_window, timeouts.read,
                               self._loop.time())
+        body = bytearray()
         while self.h11.their_state is h11.SEND_BODY:
             try:
                 event = await self.next_body_event(pace)
@@ -216,14 +224,59 @@ class ClientConnection(Channel):
                                           request, started, admitted)
             if isinstance(event, h11.ConnectionClosed):
                 return False
-        response, body = whoami_response(self.identity, admitted)
+            if isinstance(event, h11.Data) and limit:
+                body += event.data
+                if len(body) > limit:
+                    return await self._refuse(HTTPError(413, f"request body larger than {limit} "
+                                                        "bytes", close=True),
+                                              request, started, admitted)
+        return bytes(body)
+
+    async def _whoami(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
+        # Read and discard any body so the connection can be reused.
+        body = await self._read_body(admitted, request, started, 0)
+        if isinstance(body, bool):
+            return body
+        response, payload = whoami_response(self.identity, admitted)
+        return await self._answer(admitted, request, started, response, payload)
+
+    async def _enroll(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
+        """The built-in enrollment service (:mod:`certgate.enroll`)."""
+        service = self.runtime.enroll
+        body = await self._read_body(admitted, request, started, MAX_BODY)
+        if isinstance(body, bool):
+            return body
+        if service is None:  # cannot happen: the runtime makes one for enroll routes
+            return await self._refuse(HTTPError(503, "enrollment is not available"), request,
+                                      started, admitted)
+        answer = await service.handle(EnrollRequest(
+            method=request.method.decode("ascii", "replace").upper(),
+            path=admitted.path,
+            headers=tuple(request.headers.raw_items()),
+            body=body,
+            identity=self.identity,
+            peer_ip=self.info.peer_ip,
+            host=admitted.host,
+            prefix=admitted.route.path,
+        ))
+        headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode("ascii"))]
+        response = h11.Response(status_code=answer.status, headers=headers,
+                                reason=REASONS.get(answer.status, b""))
+        return await self._answer(admitted, request, started, response, answer.body,
+                                  note=answer.note)
+
+    async def _answer(self, admitted: Admitted, request: h11.Request, started: float,
+                      response: h11.Response, body: bytes, note: str | None = None) -> bool:
+        """Send a built-in upstream's whole response; log and count it."""
         out_before = self.bytes_out
         self.send(response)
         if request.method != b"HEAD":
             self.send(h11.Data(data=body))
         self.send(h11.EndOfMessage())
         await self.drain()
-        self._record(request, admitted, 200, 0, self.bytes_out - out_before, started)
+        error = HTTPError(response.status_code, note) if note else None
+        self._record(request, admitted, response.status_code, 0, self.bytes_out - out_before,
+                     started, error)
         return True
 
     async def _refuse(self, error: HTTPError, request: h11.Request | None, started: float,

@@ -1,0 +1,58 @@
+"""The enrollment URL layout, and keeping tokens out of logs (pure).
+
+Under a route's path prefix (``""`` for a route on ``/``)::
+
+    GET  {prefix}/enroll/ca.crt            the root CA certificate (public)
+    GET  {prefix}/enroll/ca.mobileconfig   the root CA as an Apple profile (public)
+    GET  {prefix}/enroll/{token}           the page: a PIN form
+    POST {prefix}/enroll/{token}           the PIN: platform choices, p12 password
+    POST {prefix}/enroll/{token}/p12       download: key + certificate as PKCS#12
+    POST {prefix}/enroll/{token}/mobileconfig   download: Apple profile
+    POST {prefix}/enroll/{token}/csr       JSON {"pin", "csr"}: the certificate chain
+    POST {prefix}/renew                    renewal (see the renewal handler)
+
+The token is a bearer secret in the path (a QR code can carry nothing
+else), so every place that writes a path down (the access log, a refusal's
+reason) runs it through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import re
+
+ENROLL_SEGMENT = "enroll"
+PUBLIC_FILES = frozenset({"ca.crt", "ca.mobileconfig"})
+REDACTED = "[token]"
+
+# Any segment after /enroll/ that is not one of the public file names is
+# treated as a token, whatever its shape: a mistyped or truncated token is
+# still most of a secret.
+_TOKEN_SEGMENT = re.compile(r"(/enroll/)([^/?#]+)")
+
+
+def redact(path: str) -> str:
+    """``path`` with the token segment after ``/enroll/`` replaced."""
+
+    def replace(match: re.Match[str]) -> str:
+        segment = match.group(2)
+        return match.group(0) if segment in PUBLIC_FILES else match.group(1) + REDACTED
+
+    return _TOKEN_SEGMENT.sub(replace, path)
+
+
+def relative(path: str, prefix: str) -> str | None:
+    """``path`` below a route's ``prefix`` (``/`` or ``/x``), or None if outside."""
+    base = prefix.rstrip("/")
+    if not base:
+        return path
+    if path == base:
+        return "/"
+    if path.startswith(base + "/"):
+        return path[len(base):]
+    return None
+
+
+def enroll_url(base: str, prefix: str, token: str, fingerprint: str) -> str:
+    """The URL printed and put in the QR code: ``?fp=`` carries the root CA's
+    SHA-256 so ``certgate enroll`` can check the server without trusting it."""
+    return f"{base.rstrip('/')}{prefix.rstrip('/')}/{ENROLL_SEGMENT}/{token}?fp={fingerprint}"
