@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "spelled as the client sends it")
     explain.set_defaults(handler=cmd_explain)
 
+    from certgate.renew.client import add_parser as add_renew
+
+    add_renew(sub)
+
     from certgate.ca.commands import add_subcommands
 
     add_subcommands(sub)

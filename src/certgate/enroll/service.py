@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from certgate.enroll import renew as renewal
 from certgate.enroll.paths import relative
+from certgate.errors import HTTPError
 
 if TYPE_CHECKING:
     from certgate.ca import CertificateAuthority
@@ -178,6 +180,20 @@ def root_der(ca: CertificateAuthority) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+async def renew(service: EnrollService, request: EnrollRequest,
+                match: re.Match[str]) -> EnrollResponse:
+    """POST /renew: the successor of the connection's certificate
+    (:mod:`certgate.enroll.renew`)."""
+    ca = service.require_ca()
+    try:
+        der = renewal.presented(request.identity)
+        csr = renewal.parse_csr(request.header(b"content-type"), request.body)
+        chain, note = await service.blocking(renewal.renew, ca, der, csr, request.peer_ip)
+    except HTTPError as exc:
+        raise Refused(exc.status, exc.reason) from None
+    return response(200, renewal.CHAIN_TYPE, chain, note=note)
+
+
 async def not_yet(service: EnrollService, request: EnrollRequest,
                   match: re.Match[str]) -> EnrollResponse:
     raise Refused(501, "not implemented yet")
@@ -196,5 +212,5 @@ ROUTES: tuple[Entry, ...] = (
     Entry(frozenset({"POST"}), re.compile(rf"/enroll/{TOKEN}/mobileconfig"), not_yet),
     Entry(frozenset({"POST"}), re.compile(rf"/enroll/{TOKEN}/csr"), not_yet),
     # Reserved for the renewal endpoint (issue #13, built on this service).
-    Entry(frozenset({"POST"}), re.compile(r"/renew"), not_yet),
+    Entry(frozenset({"POST"}), re.compile(r"/renew"), renew),
 )
