@@ -103,6 +103,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return run(config, args.url, args.method, args.cert)
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from certgate.enroll.client import enroll
+
+    for path in enroll(args.url, args.pin, args.out, args.ca):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certgate",
@@ -142,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("url", metavar="URL", help="https://HOST[:PORT]/PATH[?QUERY], "
                                                     "spelled as the client sends it")
     explain.set_defaults(handler=cmd_explain)
+
+    enroll = sub.add_parser(
+        "enroll", help="get a certificate from an enrollment link; the key is made here",
+        description="Enroll this device with a link from 'certgate ca enroll': makes a key "
+                    "(ECDSA P-256) here, sends only a CSR, and writes NAME.key (0600), "
+                    "NAME.crt, NAME.chain.pem and ca.crt into --out. The server is checked "
+                    "against the root CA fingerprint in the link (fp=) or --ca.")
+    enroll.add_argument("url", metavar="URL", help="the enrollment link, with its fp=")
+    enroll.add_argument("--pin", required=True, help="the PIN printed next to the link")
+    enroll.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="directory for the key and certificates (made if missing)")
+    enroll.add_argument("--ca", type=Path, metavar="FILE",
+                        help="CA file to verify the server with (needed when its "
+                             "certificate does not come from certgate's CA)")
+    enroll.set_defaults(handler=cmd_enroll)
 
     from certgate.renew.client import add_parser as add_renew
 

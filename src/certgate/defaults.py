@@ -1,8 +1,10 @@
 """The embedded default configuration, used when no config file is found.
 
 It is the smallest useful certgate: the built-in CA, one route for
-``localhost`` to the ``whoami`` echo, on loopback only, so a first run shows
-a working mTLS check without exposing anything.
+``localhost`` to the ``whoami`` echo, and the enrollment service on
+``enroll.localhost`` (its handshake does not insist on a certificate; see
+certgate.enroll), on loopback only, so a first run shows a working mTLS
+check, and ``certgate ca enroll NAME`` works, without exposing anything.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ routes:
   - host: localhost
     upstream: whoami
     client_auth: require
+  # Enrollment links (certgate ca enroll NAME) on a name of its own, so that
+  # localhost keeps refusing certificate-less clients in the handshake.
+  - host: enroll.localhost
+    upstream: enroll
 """
 
 
@@ -40,6 +46,8 @@ def first_steps(config: Config) -> str:
         f"certgate: running on the embedded default (no {DEFAULT_CONFIG_FILE} here)\n"
         f"  listening on https://localhost:{listen.port}/ -> whoami (client certificate "
         f"required)\n"
+        f"  enrollment links: https://enroll.localhost:{listen.port}/ "
+        f"(certgate ca enroll --state {state} NAME)\n"
         f"  next steps:\n"
         f"    certgate ca issue --state {state} me --out .\n"
         f"    curl --cacert {state}/ca/root.crt --cert me.chain.pem --key me.key "

@@ -191,6 +191,30 @@ class InventoryCollector:
             revoked.add_metric([state.issuer], state.revoked)
         yield next_update
         yield revoked
+        yield self.enrollments()
+
+    def enrollments(self) -> Any:
+        """``certgate_enrollments_total{result}``, counted from the CA's table:
+        links are made by the CLI and used by any worker, so no one process
+        sees every step; rows are never deleted, so each count only grows."""
+        from prometheus_client.core import CounterMetricFamily
+
+        from certgate.ca.enrollments import RESULTS, counts
+
+        family = CounterMetricFamily(
+            "certgate_enrollments", "Enrollment links by outcome (certgate ca enroll): "
+            "created, downloaded, burned (five wrong PINs), expired, cancelled",
+            labels=["result"])
+        database = self.config.state_dir / "ca" / "inventory.sqlite3"
+        found = dict.fromkeys(RESULTS, 0)
+        if database.exists():
+            try:
+                found = counts(database)
+            except Exception as exc:  # a scrape must not fail on a busy database
+                log.warning("metrics: cannot count enrollments: %s", exc)
+        for result in RESULTS:
+            family.add_metric([result], found[result])
+        return family
 
 
 def _client_expiries(database: Path) -> list[Expiry]:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import h11
 
+from certgate.ca.keys import serial_hex
+
 log = logging.getLogger("certgate.lastseen")
 
 __all__ = [
@@ -79,7 +81,7 @@ BUSY_TIMEOUT = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
-    serial     TEXT PRIMARY KEY,  -- lowercase hex, as in the inventory
+    serial     TEXT PRIMARY KEY,  -- ca.keys.serial_hex, as in the inventory
     last_seen  TEXT NOT NULL,     -- RFC 3339 UTC, to the second, as shown
     at         REAL NOT NULL,     -- Unix time, sub-second: which sighting is newer
     ip         TEXT NOT NULL,
@@ -239,7 +241,7 @@ def write_batch(state_dir: Path, rows: Iterable[Seen]) -> int:
 
     Blocking (SQLite, fsync): call it from an executor thread.
     """
-    values = [(format(row.serial, "x"), row.last_seen, row.at, row.ip, row.user_agent,
+    values = [(serial_hex(row.serial), row.last_seen, row.at, row.ip, row.user_agent,
                row.route) for row in rows]
     if not values:
         return 0

@@ -123,7 +123,8 @@ class Runtime:
         if ca is not None:
             self.set_roles(ca.inventory_snapshot())
         #: The built-in enrollment service, when a route uses ``upstream: enroll``.
-        self.enroll = EnrollService(ca, config) if config.enroll_routes else None
+        self.enroll = EnrollService(ca, config, builtin_server=bool(automatic_certificates)) \
+            if config.enroll_routes else None
 
     # -- per connection -------------------------------------------------
     def check_peer(self, der: bytes) -> tuple[ClientIdentity | None, Refusal | None]:

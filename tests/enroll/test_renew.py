@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import certgate.ca.session as ca_session
 from certgate.ca import CertificateAuthority, Delivery
+from certgate.ca.keys import serial_hex
 from certgate.ca.timeutil import utcnow
 
 from support.clients import Connection, client_context
@@ -154,7 +155,7 @@ def test_renew_replaces_a_one_hour_certificate_before_it_expires(world: World) -
     cert, key = world.issue("hourly", hours=1, ago=timedelta(minutes=45), roles=("family",))
     old = _leaf(cert)
     old_key = key.read_bytes()
-    assert _whoami(world, "hourly")["serial"] == format(old.serial_number, "x")
+    assert int(_whoami(world, "hourly")["serial"], 16) == old.serial_number
     result = world.renew("hourly")
     assert result.returncode == 0, result.stderr
     assert "renewed hourly" in result.stdout
@@ -172,7 +173,7 @@ def test_renew_replaces_a_one_hour_certificate_before_it_expires(world: World) -
     assert private.curve.name == "secp256r1"
     assert not [p for p in world.dir.iterdir() if p.name.endswith(".next")]
     rows = world.inventory()
-    before, after = rows[format(old.serial_number, "x")], rows[format(new.serial_number, "x")]
+    before, after = rows[serial_hex(old.serial_number)], rows[serial_hex(new.serial_number)]
     assert before["status"] == "superseded"
     assert before["superseded_by"] == after["serial"]
     assert after["status"] == "valid"
@@ -182,7 +183,7 @@ def test_renew_replaces_a_one_hour_certificate_before_it_expires(world: World) -
     # snapshot follows the inventory within the watcher's 1 s poll).
     wait_until(lambda: _whoami(world, "hourly")["roles"] == ["family"], 10,
                "the renewed certificate to carry its role")
-    assert _whoami(world, "hourly")["serial"] == after["serial"]
+    assert int(_whoami(world, "hourly")["serial"], 16) == new.serial_number
     # Audited, with how it came in.
     entries = [json.loads(line) for line in
                (world.state / "ca" / "audit.jsonl").read_text().splitlines()]
@@ -221,10 +222,10 @@ def test_a_24_hour_certificate_renewed_again_and_again_keeps_working(world: Worl
             < timedelta(minutes=1)
         serials.append(leaf.serial_number)
         seen = _whoami(world, "dev")
-        assert seen["serial"] == format(leaf.serial_number, "x")
+        assert int(seen["serial"], 16) == leaf.serial_number
         assert seen["cn"] == "dev"
     rows = world.inventory()
-    chain = [rows[format(s, "x")] for s in serials]
+    chain = [rows[serial_hex(s)] for s in serials]
     assert [row["status"] for row in chain] == ["superseded"] * 3 + ["valid"]
     assert [row["superseded_by"] for row in chain[:-1]] == [r["serial"] for r in chain[1:]]
     assert all(row["roles"] == ["ops"] for row in chain)
@@ -354,14 +355,16 @@ def test_the_systemd_unit_command_renews(world: World) -> None:
     args = shlex.split(line.removeprefix("ExecStart="))
     home = world.dir / "device"
     home.mkdir()
-    cert, key = world.issue("unit", hours=1, ago=timedelta(minutes=41))
-    shutil.copy(cert, home / "client.chain.pem")
-    shutil.copy(key, home / "client.key")
-    shutil.copy(world.root, home / "root.crt")
-    old = _leaf(home / "client.chain.pem").serial_number
+    # What `certgate enroll --out` writes: NAME.chain.pem, NAME.key, ca.crt.
+    cert, key = world.issue("laptop", hours=1, ago=timedelta(minutes=41))
+    shutil.copy(cert, home / "laptop.chain.pem")
+    shutil.copy(key, home / "laptop.key")
+    shutil.copy(world.root, home / "ca.crt")
+    old = _leaf(home / "laptop.chain.pem").serial_number
     args = [sys.executable, *(a.replace("/var/lib/certgate-renew", str(home))
+                              .replace("${CERTGATE_RENEW_NAME}", "laptop")
                               .replace("${CERTGATE_RENEW_URL}", world.url) for a in args[1:])]
     result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60,
                             cwd=home)
     assert result.returncode == 0, result.stderr
-    assert _leaf(home / "client.chain.pem").serial_number != old
+    assert _leaf(home / "laptop.chain.pem").serial_number != old

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certgate.ca import CertificateAuthority, Delivery
+from certgate.ca.keys import serial_hex
 from certgate.ca.renewal import SUPERSEDED, presented_problem
 from certgate.renew import files, schedule
 from certgate.renew.client import verify_chain
@@ -137,5 +138,5 @@ def test_who_may_renew_is_decided_by_the_inventory(pair) -> None:  # type: ignor
     ca.renew("dev")
     superseded = ca.certificates().records[0]
     assert presented_problem(superseded, der, now) == SUPERSEDED
-    ca.revoke(format(superseded.serial, "x"))
+    ca.revoke(serial_hex(superseded.serial))
     assert "revoked" in str(presented_problem(ca.certificates().records[0], der, now))

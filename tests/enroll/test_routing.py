@@ -30,7 +30,8 @@ def _config(route: str) -> str:
 def test_enroll_route_defaults_to_optional() -> None:
     config = load_config_text(_config("{host: e.test, upstream: enroll}"), "t.yaml", Path("/"))
     route = config.routes[0]
-    assert route.upstream.is_enroll and route.upstream.label == "enroll"
+    assert route.upstream.is_enroll
+    assert route.upstream.label == "enroll"
     assert route.client_auth.value == "optional"
     assert config.enroll_routes == (route,)
 
@@ -76,4 +77,5 @@ def test_root_certificate_is_public(start_certgate, pki) -> None:  # type: ignor
     assert got.headers["cache-control"] == "no-store"
     assert got.headers["x-content-type-options"] == "nosniff"
     assert missing.status == 404
-    assert wrong.status == 405 and wrong.headers["allow"] == "GET, HEAD"
+    assert wrong.status == 405
+    assert wrong.headers["allow"] == "GET, HEAD"

@@ -62,7 +62,10 @@ def test_loads_with_real_files_and_asks_for_certificates_optionally(
         .replace("/etc/certgate/tls/fullchain.pem", str(alice.cert)) \
         .replace("/etc/certgate/tls/privkey.pem", str(alice.key))
     config = load_config_text(text, name, tmp_path)
-    (route,) = config.routes
+    route, enroll = config.routes
+    # The enrollment links share the app's name, under /certgate.
+    assert enroll.upstream.is_enroll
+    assert (enroll.host, enroll.path) == (route.host, "/certgate")
     assert route.client_auth is ClientAuth.REQUIRE
     assert route.max_body is None
     assert config.client_auth.crls == ("builtin",)
@@ -81,8 +84,8 @@ def _runnable(name: str, state: Path, upstream_port: int) -> str:
     config["metrics"] = {"listen": "off"}
     config["access_log"] = {"path": "off"}
     del config["tls"]["certificates"]  # the built-in CA serves localhost
-    (route,) = config["routes"]
-    route["host"] = "localhost"
+    route, enroll = config["routes"]
+    route["host"] = enroll["host"] = "localhost"
     route["upstream"] = f"http://127.0.0.1:{upstream_port}"
     return yaml.safe_dump(config)
 
@@ -117,7 +120,8 @@ def _check(proxy: Any, pki: Any, upstream: Any, open_paths: list[tuple[str, str]
 def test_home_assistant_config_runs(start_certgate: Any, pki: Any, upstream: Any) -> None:
     proxy = start_certgate(_runnable("home-assistant.yaml", pki.state, upstream.port))
     _check(proxy, pki, upstream,
-           open_paths=[("POST", "/api/webhook/0123abcd"), ("PUT", "/api/webhook/0123abcd")],
+           open_paths=[("POST", "/api/webhook/0123abcd"), ("PUT", "/api/webhook/0123abcd"),
+                       ("GET", "/certgate/enroll/ca.crt")],
            locked_paths=[("GET", "/"), ("GET", "/api/websocket"), ("GET", "/api/states"),
                          ("POST", "/auth/token"), ("GET", "/api/webhooks"),
                          ("GET", "/api/hassio/backups")])
@@ -127,7 +131,8 @@ def test_immich_config_runs(start_certgate: Any, pki: Any, upstream: Any) -> Non
     proxy = start_certgate(_runnable("immich.yaml", pki.state, upstream.port))
     asset = "/api/assets/9b0b8b7e-2f33-4a8e-9d3c-4e5f6a7b8c9d"
     _check(proxy, pki, upstream,
-           open_paths=[("GET", "/share/Zk3vQ"), ("GET", "/s/holiday"),
+           open_paths=[("GET", "/certgate/enroll/ca.crt"),
+                       ("GET", "/share/Zk3vQ"), ("GET", "/s/holiday"),
                        ("GET", "/_app/immutable/entry/start.js"), ("GET", "/favicon.ico"),
                        ("GET", "/api/shared-links/me?key=Zk3vQ"),
                        ("POST", "/api/shared-links/login?key=Zk3vQ"),

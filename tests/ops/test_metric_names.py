@@ -47,6 +47,8 @@ EXPORTED: dict[str, dict[str, set[str] | None]] = {
     "certgate_crl_stale_admissions_total": {"issuer": None},
     "certgate_config_reloads_total": {"result": {"success", "failure"}},
     "certgate_build_info": {"version": None},
+    "certgate_enrollments_total": {"result": {"created", "downloaded", "burned", "expired",
+                                              "cancelled"}},
 }
 HISTOGRAMS = {"certgate_request_duration_seconds"}
 # Added by Prometheus to every series it scrapes (job, instance), and the

@@ -444,6 +444,10 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 
     verb("bundle", cmd_bundle, "print the trust bundle (PEM) the proxy should trust")
 
+    from certgate.enroll.commands import add_enroll_verb
+
+    add_enroll_verb(verb, _lifetime_args, _ca)
+
     role = verbs.add_parser("role", help="change a certificate's roles without reissuing it")
     role_verbs = role.add_subparsers(dest="role_action", metavar="add|remove", required=True)
     for action in ("add", "remove"):

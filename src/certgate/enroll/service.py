@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from certgate.enroll import renew as renewal
 from certgate.enroll.paths import relative
+from certgate.enroll.ratelimit import RateLimiter
 from certgate.errors import HTTPError
 
 if TYPE_CHECKING:
@@ -103,14 +103,18 @@ class Entry:
     methods: frozenset[str]
     pattern: re.Pattern[str]
     handler: Handler
+    #: Counted against the per-IP rate limit (see certgate.enroll.ratelimit).
+    limited: bool = True
 
 
 def response(status: int, content_type: bytes, body: bytes,
              extra: tuple[tuple[bytes, bytes], ...] = (), note: str | None = None
              ) -> EnrollResponse:
-    """A response with the service's security headers."""
-    return EnrollResponse(status, ((b"content-type", content_type), *SECURITY_HEADERS, *extra),
-                          body, note)
+    """A response with the service's security headers (``extra`` replaces one
+    of the same name, e.g. a page's own Content-Security-Policy)."""
+    names = {name for name, _ in extra}
+    base = tuple(header for header in SECURITY_HEADERS if header[0] not in names)
+    return EnrollResponse(status, ((b"content-type", content_type), *base, *extra), body, note)
 
 
 def text_response(status: int, reason: str,
@@ -125,7 +129,12 @@ class EnrollService:
 
     ca: CertificateAuthority | None
     config: Config
-    table: tuple[Entry, ...] = field(default_factory=lambda: ROUTES)
+    #: Whether some server certificate certgate serves comes from the
+    #: built-in CA: then devices must also trust its root (the page says so,
+    #: the .mobileconfig carries it).
+    builtin_server: bool = True
+    table: tuple[Entry, ...] = field(default_factory=lambda: _table())
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` in a thread: SQLite, key generation and signing
@@ -151,6 +160,11 @@ class EnrollService:
             if request.method not in entry.methods:
                 allowed |= entry.methods
                 continue
+            if entry.limited:
+                wait = self.limiter.allow(request.peer_ip, time.monotonic())
+                if wait:
+                    return text_response(429, "too many requests; try again in a minute",
+                                         ((b"retry-after", str(math.ceil(wait)).encode()),))
             try:
                 return await entry.handler(self, request, match)
             except Refused as exc:
@@ -161,23 +175,7 @@ class EnrollService:
         return text_response(404, "not found")
 
 
-# -- handlers ---------------------------------------------------------------------
-
-
-async def root_certificate(service: EnrollService, request: EnrollRequest,
-                           match: re.Match[str]) -> EnrollResponse:
-    """The root CA certificate (public), DER, for Android's "CA certificate"
-    install and anyone who wants to check the fingerprint."""
-    ca = service.require_ca()
-    der = await service.blocking(root_der, ca)
-    return response(200, b"application/x-x509-ca-cert", der,
-                    ((b"content-disposition", b'attachment; filename="certgate-root-ca.crt"'),))
-
-
-def root_der(ca: CertificateAuthority) -> bytes:
-    """The active root certificate, DER (read in a thread: a file)."""
-    cert = x509.load_pem_x509_certificate(ca.root_cert_path.read_bytes())
-    return cert.public_bytes(serialization.Encoding.DER)
+# -- the table -------------------------------------------------------------------
 
 
 async def renew(service: EnrollService, request: EnrollRequest,
@@ -199,18 +197,29 @@ async def not_yet(service: EnrollService, request: EnrollRequest,
     raise Refused(501, "not implemented yet")
 
 
-# Tokens are secrets.token_urlsafe(32): 43 characters of [A-Za-z0-9_-].
-# The pattern accepts any such run so that a wrong token is answered 410
-# (gone or never issued) by the store, not 404 by the router.
-TOKEN = r"(?P<token>[A-Za-z0-9_-]{16,128})"
+def _table() -> tuple[Entry, ...]:
+    return routes()
 
-ROUTES: tuple[Entry, ...] = (
-    Entry(frozenset({"GET", "HEAD"}), re.compile(r"/enroll/ca\.crt"), root_certificate),
-    Entry(frozenset({"GET", "HEAD"}), re.compile(r"/enroll/ca\.mobileconfig"), not_yet),
-    Entry(frozenset({"GET", "HEAD", "POST"}), re.compile(rf"/enroll/{TOKEN}"), not_yet),
-    Entry(frozenset({"POST"}), re.compile(rf"/enroll/{TOKEN}/p12"), not_yet),
-    Entry(frozenset({"POST"}), re.compile(rf"/enroll/{TOKEN}/mobileconfig"), not_yet),
-    Entry(frozenset({"POST"}), re.compile(rf"/enroll/{TOKEN}/csr"), not_yet),
-    # Reserved for the renewal endpoint (issue #13, built on this service).
-    Entry(frozenset({"POST"}), re.compile(r"/renew"), renew),
-)
+
+@functools.cache
+def routes() -> tuple[Entry, ...]:
+    """The path table (built on first use: the handlers import this module)."""
+    from certgate.enroll import handlers as h
+
+    # Tokens are secrets.token_urlsafe(32): 43 characters of [A-Za-z0-9_-].
+    # The pattern takes any such run so that a wrong token is answered 410
+    # (gone or never issued) by the store, not 404 by the router.
+    token = r"(?P<token>[A-Za-z0-9_-]{16,128})"
+    get = frozenset({"GET", "HEAD"})
+    post = frozenset({"POST"})
+    return (
+        Entry(get, re.compile(r"/enroll/ca\.crt"), h.root_certificate, limited=False),
+        Entry(get, re.compile(r"/enroll/ca\.mobileconfig"), h.root_profile, limited=False),
+        Entry(get | post, re.compile(rf"/enroll/{token}"), h.page),
+        Entry(post, re.compile(rf"/enroll/{token}/p12"), h.download_p12),
+        Entry(post, re.compile(rf"/enroll/{token}/mobileconfig"), h.download_mobileconfig),
+        Entry(post, re.compile(rf"/enroll/{token}/csr"), h.csr),
+        # Renewal, authenticated by the connection's certificate (enroll/renew.py).
+        Entry(post, re.compile(r"/renew"), renew),
+    )
+

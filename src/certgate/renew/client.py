@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -105,9 +106,15 @@ def post_csr(url: str, csr_pem: bytes, ctx: ssl.SSLContext) -> bytes:
     if parts.scheme != "https" or not parts.hostname:
         raise UsageError(f"--url {url!r}: give an https:// URL of certgate's renewal endpoint")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=ctx,
-                                       timeout=TIMEOUT)
+    host, port = parts.hostname, parts.port or 443
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=TIMEOUT)
     try:
+        raw = socket.create_connection((_address(host), port), timeout=TIMEOUT)
+        try:
+            conn.sock = ctx.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
         conn.request("POST", target, body=csr_pem,
                      headers={"Content-Type": "application/pkcs10",
                               "User-Agent": "certgate-renew"})
@@ -124,6 +131,13 @@ def post_csr(url: str, csr_pem: bytes, ctx: ssl.SSLContext) -> bytes:
     if len(body) > MAX_RESPONSE:
         raise RenewError("the server's answer is too large to be a certificate chain")
     return body
+
+
+def _address(host: str) -> str:
+    # RFC 6761 s.6.3: names under .localhost are loopback. glibc without
+    # nss-myhostname does not resolve them, and the embedded default serves
+    # enrollment (and so /renew) on enroll.localhost.
+    return "127.0.0.1" if host == "localhost" or host.endswith(".localhost") else host
 
 
 def verify_chain(chain_pem: bytes, key: ec.EllipticCurvePrivateKey, old: files.CertPair,

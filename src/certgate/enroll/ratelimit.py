@@ -1,0 +1,44 @@
+"""Per-client-IP rate limit for the enrollment service (pure, one per worker).
+
+A token bucket per IP: ``BURST`` requests at once, then one every
+``INTERVAL`` seconds. Each token request takes the CA's lock and may append
+to the audit log (an fsync), so a flood from one address must be cut before
+it reaches the CA; guessing is already hopeless (a 256-bit token, five PINs
+per token). A person enrolling a phone makes about five requests.
+
+Memory is bounded: at most ``MAX_CLIENTS`` addresses are remembered, the
+least recently seen dropped first (an attacker rotating addresses gains
+nothing they would not have from new addresses anyway). Each worker keeps
+its own table, so with N workers an address gets up to N times the rate.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+BURST = 20
+INTERVAL = 3.0  # seconds per request, steady state (20 a minute)
+MAX_CLIENTS = 4096
+
+
+@dataclass
+class RateLimiter:
+    burst: int = BURST
+    interval: float = INTERVAL
+    max_clients: int = MAX_CLIENTS
+    _buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
+
+    def allow(self, client: str, now: float) -> float:
+        """0 to let the request through, else the seconds to wait (Retry-After)."""
+        tokens, last = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - last) / self.interval)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) * self.interval
+        self._buckets[client] = (tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait

@@ -1,0 +1,19 @@
+"""Fixtures for tests/enroll (helpers live in support/enrolling.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.enrolling import Enrolling, start_enrolling
+
+
+@pytest.fixture
+def enrolling(tmp_path: Path) -> Iterator[Enrolling]:
+    env = start_enrolling(tmp_path)
+    try:
+        yield env
+    finally:
+        env.proxy.stop()
