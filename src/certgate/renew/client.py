@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from certgate.ca.keys import serial_hex
 from certgate.errors import UsageError
 from certgate.lastseen import printable
 from certgate.renew import files, schedule
@@ -233,7 +234,7 @@ def renew_once(cert: Path, key: Path, url: str, ca: Path | None, *, force: bool 
     due = schedule.plan(leaf.not_valid_before_utc, leaf.not_valid_after_utc, _now()).due
     return Outcome(True, name, leaf.serial_number, leaf.not_valid_after_utc, due,
                    f"renewed {printable(name)}{' (answer asked for again)' if again else ''}"
-                   f": serial {leaf.serial_number:x}, valid until "
+                   f": serial {serial_hex(leaf.serial_number)}, valid until "
                    f"{leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, next renewal at "
                    f"{due:%Y-%m-%dT%H:%M:%SZ}")
 
