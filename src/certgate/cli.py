@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "certificate does not come from certgate's CA)")
     enroll.set_defaults(handler=cmd_enroll)
 
+    from certgate.renew.client import add_parser as add_renew
+
+    add_renew(sub)
+
     from certgate.ca.commands import add_subcommands
 
     add_subcommands(sub)

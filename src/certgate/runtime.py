@@ -51,6 +51,7 @@ from certgate.tls.verify import (
 
 if TYPE_CHECKING:
     from certgate.ca import CertificateAuthority
+    from certgate.lastseen import Recorder
     from certgate.proxy.info import ConnectionInfo
 
 log = logging.getLogger("certgate.runtime")
@@ -111,6 +112,10 @@ class Runtime:
         self.issuers = TrustedIssuers.from_pem(trust_pem, builtin_pem)
         self.identities = IdentityCache(issuers=self.issuers)
         self.access_log = AccessLogger(config.access_log)
+        #: The worker's last-seen recorder (certgate.lastseen), set by the
+        #: worker on every runtime it swaps in; it outlives the runtime, so a
+        #: reload loses no sighting. None: not recorded (explain, tests).
+        self.last_seen: Recorder | None = None
         self.connections: set[OpenConnection] = set()
         #: Set on shutdown: connections finish their current request and close.
         self.draining = False

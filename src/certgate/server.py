@@ -19,11 +19,12 @@ import errno
 import logging
 import signal
 import socket
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certgate import metrics
+from certgate import lastseen, metrics
 from certgate.config.loader import load_config
 from certgate.config.schema import Config, Listen
 from certgate.errors import CertgateError, ConfigError
@@ -137,6 +138,10 @@ class Worker:
         self._reload_again: bool | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
+        #: Last-seen sightings of this worker, flushed by ``_flush_loop``;
+        #: kept here, not in a runtime, so a reload loses none.
+        self.last_seen = lastseen.Recorder()
+        self._flusher: asyncio.Task[None] | None = None
 
     def current(self) -> Runtime:
         assert self.runtime is not None
@@ -145,6 +150,7 @@ class Worker:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         self.runtime = await loop.run_in_executor(None, build_runtime, self.config)
+        self.runtime.last_seen = self.last_seen
         bound: list[tuple[str, int]] = []
         for listen in self.config.listen:
             sock = bind_listener(listen, reuse_port=self.reuse_port)
@@ -160,6 +166,7 @@ class Worker:
         self.watcher = RevocationWatcher(self.current, lambda: list(self._old),
                                          rebuild=self.request_rebuild)
         self.watcher.start()
+        self._flusher = loop.create_task(self._flush_loop(lastseen.flush_interval()))
         if self.exporter is not None:
             self.exporter.serve_for(self.config)
         log.info("certgate listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
@@ -241,6 +248,7 @@ class Worker:
             self.reloads_failed += 1
             log.error("reload failed, keeping the running config: %s", exc)
             return False
+        runtime.last_seen = self.last_seen
         old, self.runtime = self.runtime, runtime
         if self.watcher is not None:
             self.watcher.rebaseline(runtime)
@@ -301,6 +309,37 @@ class Worker:
             for conn in list(runtime.connections):
                 conn.abort()
             runtime.close()
+        if self._flusher is not None:
+            await self._flusher  # returns once _stop is set (a flush running finishes)
+        await self.flush_last_seen()
+
+    # -- last seen ----------------------------------------------------------
+    async def _flush_loop(self, interval: float) -> None:
+        """Flush the last-seen sightings every ``interval`` seconds until stopped."""
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+            except TimeoutError:
+                await self.flush_last_seen()
+
+    async def flush_last_seen(self) -> int:
+        """Write the sightings noted since the last flush, off the event loop.
+
+        A failed write (disk full, the file locked past the busy timeout)
+        keeps the batch for the next flush and is logged, once per failure.
+        """
+        batch = self.last_seen.take()
+        if not batch:
+            return 0
+        state_dir = self.current().config.state_dir
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, lastseen.flush, state_dir, batch)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("last seen: cannot write %s: %s (kept for the next flush)",
+                        state_dir / lastseen.DATABASE, exc)
+            self.last_seen.put_back(batch)
+            return 0
 
     async def _drained(self, runtimes: list[Runtime], deadline: float) -> None:
         """Wait until every runtime is idle, the deadline, or a second signal."""

@@ -86,6 +86,20 @@ def test_phone_enrollment_end_to_end(enrolling: Enrolling, tmp_path: Path) -> No
     assert phone[0]["roles"] == ["family"]
     assert phone[0]["status"] == "valid"
 
+    # ... and last seen: the curl above, within a minute.
+    def last_seen() -> dict[str, object] | None:
+        rows = [row for row in json.loads(env.ca("list", "--json").stdout)
+                if row["name"] == "phone" and row["last_seen"]]
+        return rows[0] if rows else None
+
+    seen = wait_until(last_seen, 60, "phone's last_seen in ca list --json", interval=0.5)
+    assert isinstance(seen, dict)
+    when = time.mktime(time.strptime(str(seen["last_seen"]), "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(when - time.timezone - time.time()) < 60
+    assert seen["last_ip"] == "127.0.0.1"
+    assert str(seen["last_user_agent"]).startswith("curl/")
+    assert seen["last_route"] == "localhost/"
+
     # The same URL again: 410.
     with env.client() as client:
         again = env.request(client, "GET", link.path)

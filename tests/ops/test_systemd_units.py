@@ -31,7 +31,8 @@ STATE_DIR = "/var/lib/certgate"
 CONFIG = "/etc/certgate/certgate.yaml"
 # "OK" is below 5.0 in systemd-analyze's scale; the service is at 1.4 today,
 # so 2.0 catches a hardening line lost in an edit long before it gets there.
-MAX_EXPOSURE = {"certgate.service": 2.0, "certgate-crl.service": 1.0}
+MAX_EXPOSURE = {"certgate.service": 2.0, "certgate-crl.service": 1.0,
+                "certgate-renew.service": 2.0}
 _EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+) (\w+)")
 
 
@@ -162,3 +163,15 @@ def test_timer_runs_the_crl_service_daily() -> None:
     assert timer["OnCalendar"] == ["daily"]
     assert timer["Persistent"] == ["true"]
     assert timer["WantedBy"] == ["timers.target"]
+
+
+def test_renew_timer_runs_the_renew_service_hourly() -> None:
+    """A 24-hour certificate is due 16 hours in: hourly checks leave 8 hours."""
+    timer = _directives(UNITS / "certgate-renew.timer")
+    assert timer["OnCalendar"] == ["hourly"]
+    assert timer["Persistent"] == ["true"]
+    service = _directives(UNITS / "certgate-renew.service")
+    assert service["Type"] == ["oneshot"]
+    args = shlex.split(service["ExecStart"][0])
+    assert args[:4] == [SHIPPED_PYTHON, "-m", "certgate", "renew"]
+    assert "--daemon" not in args  # the timer starts it; each run decides and exits

@@ -99,7 +99,9 @@ def start_enrolling(tmp_path: Path, config: str = CONFIG) -> Enrolling:
     state = tmp_path / "state"
     ca = CertificateAuthority.init(state, name="enroll test CA")
     log = tmp_path / "access.log"
-    proxy = CertgateProcess(config.format(state=state, log=log), tmp_path)
+    # Last seen is flushed every half second here, so `ca list` shows a use at once.
+    proxy = CertgateProcess(config.format(state=state, log=log), tmp_path,
+                            env={"CERTGATE_LAST_SEEN_FLUSH_SECONDS": "0.5"})
     proxy.start()
     return Enrolling(state, ca.root_cert_path, proxy, log)
 

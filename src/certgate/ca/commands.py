@@ -225,11 +225,22 @@ def cmd_renew(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    inventory = _ca(args).certificates()
+    from certgate.ca import listing
+    from certgate.lastseen import read_seen
+
+    ca = _ca(args)
+    inventory = ca.certificates()
+    seen = read_seen(ca.state_dir)
     now = inventory.now
     horizon = now + parse_duration(args.expiring) if args.expiring else None
+    if args.stale:
+        devices = listing.stale_devices(inventory.records, seen, now,
+                                        parse_duration(args.stale))
+        pairs = [(device.current, device.seen) for device in devices]
+    else:
+        pairs = [(rec, seen.get(rec.serial)) for rec in inventory.records]
     rows: list[dict[str, Any]] = []
-    for rec in inventory.records:
+    for rec, sighting in pairs:
         status = rec.status(now)
         if args.role and args.role not in rec.roles:
             continue
@@ -238,43 +249,25 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
         if horizon is not None and not expiring:
             continue
-        rows.append(
-            {
-                "name": rec.name,
-                "serial": f"{serial_hex(rec.serial)}",
-                "kind": rec.kind,
-                "roles": list(rec.roles),
-                "sans": list(rec.sans),
-                "not_before": rfc3339(rec.not_before),
-                "not_after": rfc3339(rec.not_after),
-                "status": status,
-                "revocation_reason": rec.revocation_reason,
-                "revoked_at": rfc3339(rec.revoked_at) if rec.revoked_at else None,
-                "superseded_by": f"{serial_hex(rec.superseded_by)}" if rec.superseded_by else None,
-            }
-        )
+        rows.append(listing.certificate_row(rec, now, sighting))
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
-    header = ("NAME", "KIND", "SERIAL", "ROLES", "NOT BEFORE", "NOT AFTER", "STATUS")
-    table = [header] + [
-        (
-            row["name"],
-            row["kind"],
-            row["serial"],
-            ",".join(row["roles"]) or "-",
-            row["not_before"],
-            row["not_after"],
-            row["status"]
-            + (f" ({row['revocation_reason']})" if row["revocation_reason"] else ""),
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
+    listing.print_table(rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from certgate.ca import listing
+    from certgate.lastseen import read_seen
+
+    ca = _ca(args)
+    inventory = ca.certificates()
+    seen = read_seen(ca.state_dir)
+    history = [rec for rec in inventory.records if rec.name == args.name]
+    rows = [listing.detail_row(rec, inventory.now, seen.get(rec.serial)) for rec in history]
+    listing.print_show(args.name, rows, listing.device_of(history, seen), args.json)
     return 0
 
 
@@ -414,6 +407,15 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--expiring", metavar="DUR", help="only valid ones expiring within DUR")
     p.add_argument("--role", metavar="R", help="only certificates with role R")
+    p.add_argument(
+        "--stale", metavar="DUR",
+        help="only devices (names) with a valid certificate not seen through the proxy "
+        "for DUR, e.g. 30d; never-seen ones included",
+    )
+
+    p = verb("show", cmd_show, "every certificate of NAME, and when it was last seen")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
 
     p = verb("revoke", cmd_revoke, "revoke by serial, or every valid certificate of NAME")
     p.add_argument("target", metavar="NAME|SERIAL")

@@ -110,6 +110,8 @@ class Request:
     public_key: CertificatePublicKeyTypes | None = None  # None: generate a key
     key_type: str = DEFAULT_KEY_TYPE
     supersedes: tuple[int, ...] = field(default=())
+    #: Extra (key, value) pairs for the audit entry, e.g. how a renewal came in.
+    audit: tuple[tuple[str, str], ...] = ()
 
 
 Render = Callable[[IssuedCertificate], Sequence[Output]]
@@ -229,7 +231,7 @@ def issue(s: Session, req: Request, render: Render) -> IssuedCertificate:
         s.store.add_certificate(record)
         for old in req.supersedes:
             s.store.mark_superseded(old, record.serial)
-        extra = {}
+        extra: dict[str, object] = dict(req.audit)
         if req.supersedes:
             extra["supersedes"] = [serial_hex(old) for old in req.supersedes]
         s.audit(

@@ -24,8 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from certgate.enroll import renew as renewal
 from certgate.enroll.paths import relative
 from certgate.enroll.ratelimit import RateLimiter
+from certgate.errors import HTTPError
 
 if TYPE_CHECKING:
     from certgate.ca import CertificateAuthority
@@ -176,6 +178,20 @@ class EnrollService:
 # -- the table -------------------------------------------------------------------
 
 
+async def renew(service: EnrollService, request: EnrollRequest,
+                match: re.Match[str]) -> EnrollResponse:
+    """POST /renew: the successor of the connection's certificate
+    (:mod:`certgate.enroll.renew`)."""
+    ca = service.require_ca()
+    try:
+        der = renewal.presented(request.identity)
+        csr = renewal.parse_csr(request.header(b"content-type"), request.body)
+        chain, note = await service.blocking(renewal.renew, ca, der, csr, request.peer_ip)
+    except HTTPError as exc:
+        raise Refused(exc.status, exc.reason) from None
+    return response(200, renewal.CHAIN_TYPE, chain, note=note)
+
+
 async def not_yet(service: EnrollService, request: EnrollRequest,
                   match: re.Match[str]) -> EnrollResponse:
     raise Refused(501, "not implemented yet")
@@ -203,7 +219,7 @@ def routes() -> tuple[Entry, ...]:
         Entry(post, re.compile(rf"/enroll/{token}/p12"), h.download_p12),
         Entry(post, re.compile(rf"/enroll/{token}/mobileconfig"), h.download_mobileconfig),
         Entry(post, re.compile(rf"/enroll/{token}/csr"), h.csr),
-        # Reserved for the renewal endpoint (issue #13, built on this service).
-        Entry(post, re.compile(r"/renew"), not_yet),
+        # Renewal, authenticated by the connection's certificate (enroll/renew.py).
+        Entry(post, re.compile(r"/renew"), renew),
     )
 

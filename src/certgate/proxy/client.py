@@ -164,20 +164,29 @@ class ClientConnection(Channel):
                 error: HTTPError | None = None) -> None:
         """One finished request: the access-log line and the metrics."""
         seconds = time.monotonic() - started
+        identity = self.identity
+        recorder = self.runtime.last_seen
+        if recorder is not None and identity is not None and self.refusal is None \
+                and identity.issuer is not None and identity.issuer.builtin:
+            # Last seen (certgate.lastseen): one dict assignment; a refused
+            # certificate (revoked, expired) was not "used".
+            recorder.note(identity.serial, self.info.peer_ip, request,
+                          admitted.route.name if admitted is not None else
+                          (error.route if error is not None and error.route else "-"))
         self.runtime.access_log.request(self.info, self.identity, request, admitted, status,
                                         bytes_in, bytes_out, seconds,
                                         reason=error.reason if error else None)
-        recorder = metrics.METRICS
-        if not recorder.enabled:
+        metric = metrics.METRICS
+        if not metric.enabled:
             return
         route = admitted.route.name if admitted is not None else \
             (error.route if error is not None and error.route else "-")
-        recorder.request(route, status, seconds, bytes_in, bytes_out)
+        metric.request(route, status, seconds, bytes_in, bytes_out)
         if error is not None and error.kind:
             if status >= 500:
-                recorder.upstream_error(route, error.kind)
+                metric.upstream_error(route, error.kind)
             else:
-                recorder.denial(route, error.kind)
+                metric.denial(route, error.kind)
 
     def _skip_empty_body(self) -> None:
         """Take the EndOfMessage h11 yields for a request without a body.
