@@ -61,6 +61,22 @@ class Refused(RenewError):
         self.status = status
 
 
+class RefusedInHandshake(RenewError):
+    """certgate refused this certificate in the TLS handshake for good
+    (revoked, expired, from a CA it does not trust): no retry will help."""
+
+
+#: TLS alerts a server sends about the client's certificate (Python's
+#: SSLError.reason spelling): the certificate, not the network, is the problem.
+_CERTIFICATE_ALERTS = {
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "certificate revoked",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate expired",
+    "TLSV1_ALERT_UNKNOWN_CA": "certificate from a CA the server does not trust",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     renewed: bool
@@ -121,7 +137,13 @@ def post_csr(url: str, csr_pem: bytes, ctx: ssl.SSLContext) -> bytes:
                               "User-Agent": "certgate-renew"})
         response = conn.getresponse()
         body = response.read(MAX_RESPONSE + 1)
-    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        why = _CERTIFICATE_ALERTS.get(exc.reason or "")
+        if why is not None:
+            raise RefusedInHandshake(f"{parts.hostname} refused this certificate in the TLS "
+                                     f"handshake: {why}") from None
+        raise RenewError(f"cannot reach {parts.hostname}: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:
         raise RenewError(f"cannot reach {parts.hostname}: {exc}") from None
     finally:
         conn.close()
@@ -226,6 +248,9 @@ def renew_once(cert: Path, key: Path, url: str, ca: Path | None, *, force: bool 
     except Refused as exc:
         if exc.status in (400, 403, 413, 415):
             files.discard_pending(key)  # refused for good: that key will never be signed
+        raise
+    except RefusedInHandshake:
+        files.discard_pending(key)
         raise
     chain = verify_chain(body, new_key, old, anchors, _now())
     files.install(cert, key, b"".join(
