@@ -27,6 +27,7 @@ from certgate import metrics
 from certgate.config.loader import load_config
 from certgate.config.schema import Config, Listen
 from certgate.errors import CertgateError, ConfigError
+from certgate.health import Verdict, loop_responds
 from certgate.proxy.listener import Listener
 from certgate.revocation import RevocationError
 from certgate.runtime import Runtime, TLSSetupError, build_runtime
@@ -137,6 +138,7 @@ class Worker:
         self._reload_again: bool | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def current(self) -> Runtime:
         assert self.runtime is not None
@@ -161,6 +163,8 @@ class Worker:
                                          rebuild=self.request_rebuild)
         self.watcher.start()
         if self.exporter is not None:
+            self._loop = loop
+            self.exporter.probe = self.health
             self.exporter.serve_for(self.config)
         log.info("certgate listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if self.on_ready is not None:
@@ -170,6 +174,14 @@ class Worker:
         await self._stop.wait()
         await self.shutdown()
         return 0
+
+    def health(self) -> Verdict:
+        """What /healthz answers when this worker is the only process (metrics thread)."""
+        if self._stop.is_set():
+            return Verdict(False, "stopping: draining connections")
+        if self._loop is None:
+            return Verdict(False, "starting")
+        return loop_responds(self._loop)
 
     def stop(self) -> None:
         """Begin a graceful shutdown; called again while it runs, stop at once."""
