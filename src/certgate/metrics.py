@@ -329,7 +329,12 @@ def prepare() -> Exporter:
     """
     global METRICS
     parent = os.environ.get("RUNTIME_DIRECTORY") or None
-    directory = tempfile.mkdtemp(prefix="certgate-metrics-", dir=parent)
+    try:
+        directory = tempfile.mkdtemp(prefix="certgate-metrics-", dir=parent)
+    except OSError as exc:  # e.g. a read-only root without a writable /tmp
+        where = parent or "the temporary directory ($TMPDIR, /tmp)"
+        raise MetricsBindError(f"metrics: cannot create a directory in {where} for the "
+                               f"workers' metrics: {exc.strerror or exc}") from None
     os.environ[ENV_DIR] = directory
     METRICS = Recorder()
     return Exporter(directory, owned=True)
