@@ -19,15 +19,16 @@ from certgate.errors import CertgateError, ConfigError
 
 
 def _load(path: Path | None) -> tuple[Config, Path | None, bool]:
-    """The config to run: -c FILE, else ./certgate.yaml, else the embedded default."""
+    """The config to run: -c FILE, else ./certgate.yaml ($CERTGATE_CONFIG), else the
+    embedded default."""
     from certgate.config.loader import load_config
-    from certgate.defaults import DEFAULT_CONFIG_FILE, embedded_default
+    from certgate.defaults import embedded_default, existing_config_file
 
     if path is not None:
         return load_config(path), path, False
-    local = Path(DEFAULT_CONFIG_FILE)
-    if local.is_file():
-        return load_config(local), local, False
+    found = existing_config_file()
+    if found is not None:
+        return load_config(found), found, False
     return embedded_default(), None, True
 
 
@@ -111,6 +112,22 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """One line and exit 0 (serving) or 1 (anything else: Docker reserves 2)."""
+    from certgate.health import Verdict, check
+
+    try:
+        config, _, _ = _load(args.config)
+        verdict = check(config, args.timeout)
+    except ConfigError as exc:
+        where = exc.problems[0] if exc.problems else "configuration"
+        verdict = Verdict(False, f"{where} ({len(exc.problems)} problem(s) in the config)")
+    except CertgateError as exc:
+        verdict = Verdict(False, str(exc).splitlines()[0])
+    print("healthy" if verdict.ok else f"unhealthy: {verdict.reason}", flush=True)
+    return 0 if verdict.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certgate",
@@ -121,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="serve (uses ./certgate.yaml or the embedded default)")
+    run = sub.add_parser("run", help="serve (uses ./certgate.yaml or the embedded default)",
+                         description="Serve the config given with -c; without it "
+                         "./certgate.yaml ($CERTGATE_CONFIG if set), and without that the "
+                         "embedded default: the built-in CA and a whoami route for localhost "
+                         "on $CERTGATE_LISTEN (default 127.0.0.1:8443), state in "
+                         "$CERTGATE_STATE_DIR (default ./certgate-data).")
     run.add_argument("-c", "--config", type=Path, help="config file")
     run.set_defaults(handler=cmd_run)
 
@@ -169,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     from certgate.renew.client import add_parser as add_renew
 
     add_renew(sub)
+
+    health = sub.add_parser(
+        "health", help="ask the running certgate whether it serves (exit 0) or not (1)",
+        description="Ask GET /healthz on the running certgate's metrics listener (a wildcard "
+                    "address is asked on loopback) and print one line. Exit 0 when every "
+                    "worker serves, 1 otherwise (not running, starting, draining, metrics "
+                    "off, unusable config). For container health checks.")
+    health.add_argument("-c", "--config", type=Path,
+                        help="config file (default: as for run)")
+    health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="give up after this long (default 5)")
+    health.set_defaults(handler=cmd_health)
 
     from certgate.ca.commands import add_subcommands
 

@@ -35,6 +35,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from certgate.errors import CertgateError
+from certgate.health import HEALTHY, Probe
 
 if TYPE_CHECKING:
     from certgate.config.schema import Config, Listen
@@ -208,6 +209,30 @@ METRICS: NullRecorder = NullRecorder()
 """The process-wide recorder; replaced by :func:`prepare` when metrics are on."""
 
 
+def _make_server(listen: Listen, app: Any) -> Any:
+    """A threaded WSGI server on ``listen`` that logs nothing per request.
+
+    prometheus-client's own ``start_http_server`` builds the same server
+    but offers no hook for a second path, hence this copy of its few lines.
+    """
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    family = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True  # a stuck scraper must not hold up exit
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes every few seconds would drown the log
+
+    return make_server(listen.host, listen.port, app, Server, handler_class=Quiet)
+
+
 class MetricsBindError(CertgateError):
     """The metrics listener could not bind its address (certgate does not start)."""
 
@@ -221,22 +246,32 @@ class Exporter:
         self._server: Any = None
         self._thread: Any = None
         self.inventory: Any = None
+        #: What /healthz answers; set by whoever serves it (the single
+        #: worker, or the parent of several) before the listener starts.
+        self.probe: Probe = lambda: HEALTHY
 
     def start(self, listen: Listen, inventory: Any) -> tuple[str, int]:
-        """Serve ``/metrics`` on ``listen`` from a thread; return the bound address.
+        """Serve ``/metrics`` and ``/healthz`` on ``listen`` from a thread; the bound address.
 
         Raises OSError when the address cannot be bound (certgate then does
         not start: a silently missing metrics endpoint hides outages).
         """
-        from prometheus_client import CollectorRegistry, start_http_server
+        import threading
+
+        from prometheus_client import CollectorRegistry, make_wsgi_app
         from prometheus_client.multiprocess import MultiProcessCollector
+
+        from certgate.health import with_healthz
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
         registry.register(inventory)
         self.inventory = inventory
-        self._server, self._thread = start_http_server(listen.port, listen.host,
-                                                       registry=registry)
+        app = with_healthz(make_wsgi_app(registry), lambda: self.probe)
+        self._server = _make_server(listen, app)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="certgate-metrics", daemon=True)
+        self._thread.start()
         host, port = self._server.server_address[:2]
         log.info("metrics on http://%s:%d/metrics", host, port)
         return str(host), int(port)
@@ -294,7 +329,12 @@ def prepare() -> Exporter:
     """
     global METRICS
     parent = os.environ.get("RUNTIME_DIRECTORY") or None
-    directory = tempfile.mkdtemp(prefix="certgate-metrics-", dir=parent)
+    try:
+        directory = tempfile.mkdtemp(prefix="certgate-metrics-", dir=parent)
+    except OSError as exc:  # e.g. a read-only root without a writable /tmp
+        where = parent or "the temporary directory ($TMPDIR, /tmp)"
+        raise MetricsBindError(f"metrics: cannot create a directory in {where} for the "
+                               f"workers' metrics: {exc.strerror or exc}") from None
     os.environ[ENV_DIR] = directory
     METRICS = Recorder()
     return Exporter(directory, owned=True)

@@ -28,6 +28,7 @@ from certgate import lastseen, metrics
 from certgate.config.loader import load_config
 from certgate.config.schema import Config, Listen
 from certgate.errors import CertgateError, ConfigError
+from certgate.health import Verdict, loop_responds
 from certgate.proxy.listener import Listener
 from certgate.revocation import RevocationError
 from certgate.runtime import Runtime, TLSSetupError, build_runtime
@@ -142,6 +143,7 @@ class Worker:
         #: kept here, not in a runtime, so a reload loses none.
         self.last_seen = lastseen.Recorder()
         self._flusher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def current(self) -> Runtime:
         assert self.runtime is not None
@@ -168,6 +170,8 @@ class Worker:
         self.watcher.start()
         self._flusher = loop.create_task(self._flush_loop(lastseen.flush_interval()))
         if self.exporter is not None:
+            self._loop = loop
+            self.exporter.probe = self.health
             self.exporter.serve_for(self.config)
         log.info("certgate listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if self.on_ready is not None:
@@ -177,6 +181,14 @@ class Worker:
         await self._stop.wait()
         await self.shutdown()
         return 0
+
+    def health(self) -> Verdict:
+        """What /healthz answers when this worker is the only process (metrics thread)."""
+        if self._stop.is_set():
+            return Verdict(False, "stopping: draining connections")
+        if self._loop is None:
+            return Verdict(False, "starting")
+        return loop_responds(self._loop)
 
     def stop(self) -> None:
         """Begin a graceful shutdown; called again while it runs, stop at once."""

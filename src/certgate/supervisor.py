@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from certgate.config.schema import Config
 from certgate.errors import CertgateError
+from certgate.health import Verdict, workers_verdict
 from certgate.sdnotify import Notifier
 from certgate.tls import tickets
 
@@ -289,10 +290,16 @@ class _Parent:
 
     def on_all_bound(self) -> None:
         if self.exporter is not None:
+            self.exporter.probe = self.health
             self.exporter.serve_for(self.config)
         if self.on_ready is not None:
             self.on_ready([(listen.host, listen.port) for listen in self.config.listen])
         self.notifier.ready(f"serving with {self.count} workers")
+
+    def health(self) -> Verdict:
+        """What /healthz answers (called from the metrics thread: reads counts only)."""
+        return workers_verdict(self.count, len(self.children), len(self.starting),
+                               self.stopping)
 
     def stop(self, code: int) -> None:
         if not self.stopping:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +32,25 @@ SubParsers = argparse._SubParsersAction  # argparse has no public name for it
 
 
 def state_dir(args: argparse.Namespace) -> Path:
-    """``--state``, or the state directory named by ``-c/--config``."""
-    if args.config is not None:
+    """``--state``, or the state directory named by ``-c/--config``.
+
+    Neither given: the state directory of ``$CERTGATE_CONFIG`` when that
+    file exists (in the container image, the mounted config, so that ``ca``
+    verbs and ``run`` agree), else ``$CERTGATE_STATE_DIR``, else
+    ``./certgate-data``.
+    """
+    from certgate.defaults import ENV_CONFIG, default_state_dir, existing_config_file
+
+    config_file = args.config
+    if config_file is None and args.state is None and os.environ.get(ENV_CONFIG):
+        config_file = existing_config_file()
+    if config_file is not None:
         config = importlib.import_module("certgate.config")
         from_config = cast(Callable[[Path], Path], config.state_dir_from_config)
-        return Path(from_config(Path(args.config)))
-    return Path(args.state)
+        return Path(from_config(Path(config_file)))
+    if args.state is not None:
+        return Path(args.state)
+    return default_state_dir()
 
 
 def _ca(args: argparse.Namespace) -> CertificateAuthority:
@@ -47,11 +61,17 @@ def _ca(args: argparse.Namespace) -> CertificateAuthority:
 
 
 def _state_origin(args: argparse.Namespace) -> str:
+    from certgate.defaults import ENV_CONFIG, ENV_STATE_DIR
+
     if args.config is not None:
         return f"state_dir in {args.config}"
-    if Path(args.state) == DEFAULT_STATE_DIR:
-        return f"the default, ./{DEFAULT_STATE_DIR}"
-    return "--state"
+    if args.state is not None:
+        return "--state"
+    if os.environ.get(ENV_CONFIG):
+        return f"${ENV_CONFIG} or ${ENV_STATE_DIR}"
+    if os.environ.get(ENV_STATE_DIR):
+        return f"${ENV_STATE_DIR}"
+    return f"the default, ./{DEFAULT_STATE_DIR}"
 
 
 def no_ca_message(state: Path, origin: str) -> str:
@@ -331,8 +351,8 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--state",
         metavar="DIR",
-        default=str(DEFAULT_STATE_DIR),
-        help="state directory (default: ./certgate-data)",
+        default=None,
+        help="state directory (default: $CERTGATE_STATE_DIR, else ./certgate-data)",
     )
     common.add_argument("-c", "--config", metavar="FILE", help="take the state directory from FILE")
     return common
