@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from certgate import memtrim, metrics
 from certgate.accesslog import AccessLogger
 from certgate.config.schema import BUILTIN, CertificateFiles, Config, Route, StaleCRL
+from certgate.console.service import ConsoleService
 from certgate.enroll.service import EnrollService
 from certgate.proxy.upstream import UpstreamPool
 from certgate.revocation import (
@@ -128,6 +129,8 @@ class Runtime:
         #: The built-in enrollment service, when a route uses ``upstream: enroll``.
         self.enroll = EnrollService(ca, config, builtin_server=bool(automatic_certificates)) \
             if config.enroll_routes else None
+        #: The CA's web console, when a route uses ``upstream: console``.
+        self.console = console_service(config, ca) if config.console_routes else None
 
     # -- per connection -------------------------------------------------
     def handshake_check(self, der: bytes) -> int:
@@ -253,6 +256,19 @@ class Runtime:
         self.access_log.close()
 
 
+def console_service(config: Config, ca: CertificateAuthority | None) -> ConsoleService:
+    """The console of a runtime (blocking: reads or makes its CSRF secret)."""
+    from certgate.console import guard
+
+    assert ca is not None  # build_runtime opens the CA for console routes
+    # The first enroll route with a real name (a pattern host cannot be put
+    # in a link: the New device page then points at the CLI's --url-base).
+    route = next((r for r in config.enroll_routes
+                  if r.host != "*" and not r.host.startswith("*.")), None)
+    return ConsoleService(ca, guard.load_secret(config.state_dir),
+                          (route.host, route.path) if route is not None else None)
+
+
 def _count_stale_admission(identity: ClientIdentity) -> None:
     metrics.METRICS.stale_admission(identity.issuer_dn)
 
@@ -284,7 +300,8 @@ def build_runtime(config: Config, notice: Notice = log.warning,
     """
     routes = RouteTable(config.routes)
     # The enrollment service issues from the built-in CA, whatever it trusts.
-    needs_builtin = config.uses_builtin_ca or bool(config.enroll_routes)
+    needs_builtin = config.uses_builtin_ca or bool(config.enroll_routes) or \
+        bool(config.console_routes)
     certificates = [read_server_certificate(files) for files in config.tls.certificates]
     uncovered = uncovered_hosts(config, (n for cert in certificates for n in cert.names))
     ca = open_builtin_ca(config, notice, create=needs_builtin or bool(uncovered))

@@ -26,6 +26,7 @@ password: callers pass only names, serials, roles and times.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -48,6 +49,14 @@ class AuditError(CAError):
         self.line = line
         self.why = why
         super().__init__(f"audit log line {line}: {why}")
+
+
+#: The console admin a CA operation is done for (issue #14): the console sets
+#: it around its CA calls, in the thread that makes them, and every audit
+#: entry queued meanwhile names that admin (CN, serial, fingerprint) besides
+#: the OS user certgate runs as.
+ACTING_ADMIN: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "certgate_acting_admin", default=None)
 
 
 def actor() -> str:

@@ -133,6 +133,10 @@ class Session:
             "not_after": None if not_after is None else rfc3339(not_after),
             "actor": audit.actor(),
         }
+        admin = audit.ACTING_ADMIN.get()
+        if admin is not None:
+            body["via"] = "console"
+            body["admin"] = dict(admin)
         body.update(extra)
         self.store.queue_audit(body)
 

@@ -20,6 +20,7 @@ import yaml
 
 from certgate.config.schema import (
     BUILTIN,
+    CONSOLE,
     ENROLL,
     WHOAMI,
     AccessLog,
@@ -45,6 +46,7 @@ from certgate.config.schema import (
 from certgate.errors import ConfigError
 from certgate.hostnames import InvalidHost, normalise_host, normalise_pattern
 from certgate.http import headers
+from certgate.matchers import Kind as MatcherKind
 from certgate.matchers import Matcher, MatcherError, check_role_name, parse_matcher
 from certgate.tls.contexts import TLSSetupError, read_server_certificate
 
@@ -520,6 +522,8 @@ class _ConfigBuilder:
                           "rules, so no request is ever refused for want of a certificate")
         if upstream is not None and upstream.is_enroll:
             self.enroll_route(m, where, values)
+        if upstream is not None and upstream.is_console:
+            self.console_route(m, where, values)
         if host is None or upstream is None:
             return None
         return Route(host=host, upstream=upstream, path=path, **values)
@@ -541,6 +545,30 @@ class _ConfigBuilder:
                 r.problem(m[key], f"{where}.{key}",
                           f"the enroll upstream takes no {key}: certgate serves it itself, "
                           "to devices without a certificate")
+
+    def console_route(self, m: dict[str, Node], where: str, values: dict[str, Any]) -> None:
+        """The console changes the CA: its route must demand a client
+        certificate in the handshake and allow only certificates with a role
+        (issue #14), with nothing that could open it wider."""
+        r = self.r
+        if values.get("client_auth", ClientAuth.REQUIRE) is not ClientAuth.REQUIRE:
+            r.problem(m["client_auth"], f"{where}.client_auth",
+                      "the console upstream needs client_auth: require")
+        allow = values.get("allow")
+        if "allow" not in m:
+            r.problem(m["upstream"], f"{where}.allow",
+                      "the console upstream needs an allow list of roles, e.g. "
+                      "allow: [role:admin]")
+        elif allow is not None and (not allow or any(
+                matcher.kind is not MatcherKind.ROLE for matcher in allow)):
+            r.problem(m["allow"], f"{where}.allow",
+                      "the console upstream allows roles only (role:NAME entries): a "
+                      "certificate must carry a role the CA gave it")
+        for key in ("rules", "no_certificate", "forward_client_cert", "pass_headers",
+                    "trust_forwarded"):
+            if key in m:
+                r.problem(m[key], f"{where}.{key}",
+                          f"the console upstream takes no {key}: certgate serves it itself")
 
     def pass_headers(self, node: Node, where: str) -> frozenset[bytes]:
         """Names of stripped gateway headers a route lets through from clients."""
@@ -585,14 +613,14 @@ class _ConfigBuilder:
         text = r.string(node, where)
         if text is None:
             return None
-        if text in (WHOAMI, ENROLL):
+        if text in (WHOAMI, ENROLL, CONSOLE):
             if tls_node is not None:
                 r.problem(tls_node, tls_where, f"the {text} upstream takes no TLS settings")
             return Upstream(text)
         match = re.match(r"^(https?)://([^/?#]+)/?$", text, re.IGNORECASE)
         if match is None:
             r.problem(node, where,
-                      f"expected http://HOST:PORT, https://HOST:PORT, whoami or enroll, "
+                      f"expected http://HOST:PORT, https://HOST:PORT, whoami, enroll or console, "
                       f"got {text!r}")
             return None
         scheme = match.group(1).lower()

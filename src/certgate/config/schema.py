@@ -61,6 +61,9 @@ WHOAMI = "whoami"
 ENROLL = "enroll"
 """The upstream name of the built-in enrollment service (:mod:`certgate.enroll`)."""
 
+CONSOLE = "console"
+"""The upstream name of the CA's web console (:mod:`certgate.console`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Listen:
@@ -164,7 +167,7 @@ class Upstream:
     """Where a route sends requests: a URL, the built-in whoami echo or the
     built-in enrollment service."""
 
-    scheme: str  # "http" | "https" | "whoami" | "enroll"
+    scheme: str  # "http" | "https" | "whoami" | "enroll" | "console"
     host: str = ""
     port: int = 0
     tls: UpstreamTLS | None = None
@@ -178,9 +181,13 @@ class Upstream:
         return self.scheme == ENROLL
 
     @property
+    def is_console(self) -> bool:
+        return self.scheme == CONSOLE
+
+    @property
     def is_builtin(self) -> bool:
         """Served by certgate itself: no connection to an upstream."""
-        return self.scheme in (WHOAMI, ENROLL)
+        return self.scheme in (WHOAMI, ENROLL, CONSOLE)
 
     @property
     def label(self) -> str:
@@ -283,6 +290,11 @@ class Config:
     @property
     def uses_builtin_ca(self) -> bool:
         return BUILTIN in self.client_auth.trusted_cas or BUILTIN in self.client_auth.crls
+
+    @property
+    def console_routes(self) -> tuple[Route, ...]:
+        """Routes served by the CA's web console (it needs the built-in CA)."""
+        return tuple(route for route in self.routes if route.upstream.is_console)
 
     @property
     def enroll_routes(self) -> tuple[Route, ...]:

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 import h11
 
 from certgate import memtrim, metrics
-from certgate.enroll.service import MAX_BODY, EnrollRequest
+from certgate.enroll.service import MAX_BODY, EnrollRequest, EnrollResponse
 from certgate.errors import HTTPError
 from certgate.http import certpage
 from certgate.http.responses import REASONS, plain_response
+from certgate.matchers import Kind as MatcherKind
 from certgate.proxy.admission import Admitted, admit, check_framing
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.exchange import Plan, relay
@@ -137,6 +138,8 @@ class ClientConnection(Channel):
             return await self._whoami(admitted, request, started)
         if route.upstream.is_enroll:
             return await self._enroll(admitted, request, started)
+        if route.upstream.is_console:
+            return await self._console(admitted, request, started)
         plan = Plan(
             pool=self.runtime.pool_for(route),
             request=admitted.upstream_request,
@@ -240,6 +243,19 @@ class ClientConnection(Channel):
         response, payload = whoami_response(self.identity, admitted)
         return await self._answer(admitted, request, started, response, payload)
 
+    def _builtin_request(self, admitted: Admitted, request: h11.Request,
+                         body: bytes) -> EnrollRequest:
+        return EnrollRequest(
+            method=request.method.decode("ascii", "replace").upper(),
+            path=admitted.path,
+            headers=tuple(request.headers.raw_items()),
+            body=body,
+            identity=self.identity,
+            peer_ip=self.info.peer_ip,
+            host=admitted.host,
+            prefix=admitted.route.path,
+        )
+
     async def _enroll(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
         """The built-in enrollment service (:mod:`certgate.enroll`)."""
         service = self.runtime.enroll
@@ -249,16 +265,27 @@ class ClientConnection(Channel):
         if service is None:  # cannot happen: the runtime makes one for enroll routes
             return await self._refuse(HTTPError(503, "enrollment is not available"), request,
                                       started, admitted)
-        answer = await service.handle(EnrollRequest(
-            method=request.method.decode("ascii", "replace").upper(),
-            path=admitted.path,
-            headers=tuple(request.headers.raw_items()),
-            body=body,
-            identity=self.identity,
-            peer_ip=self.info.peer_ip,
-            host=admitted.host,
-            prefix=admitted.route.path,
-        ))
+        answer = await service.handle(self._builtin_request(admitted, request, body))
+        return await self._builtin_answer(admitted, request, started, answer)
+
+    async def _console(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
+        """The CA's web console (:mod:`certgate.console`)."""
+        service = self.runtime.console
+        body = await self._read_body(admitted, request, started, MAX_BODY)
+        if isinstance(body, bool):
+            return body
+        if service is None:  # cannot happen: the runtime makes one for console routes
+            return await self._refuse(HTTPError(503, "the console is not available"), request,
+                                      started, admitted)
+        roles = self.runtime.roles_for(self.identity) if self.identity is not None else ()
+        allowed = frozenset(m.value for m in admitted.route.allow if m.kind is MatcherKind.ROLE)
+        query = request.target.partition(b"?")[2].decode("ascii", "replace")
+        answer = await service.handle(self._builtin_request(admitted, request, body), query,
+                                      roles, allowed)
+        return await self._builtin_answer(admitted, request, started, answer)
+
+    async def _builtin_answer(self, admitted: Admitted, request: h11.Request, started: float,
+                              answer: EnrollResponse) -> bool:
         headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode("ascii"))]
         response = h11.Response(status_code=answer.status, headers=headers,
                                 reason=REASONS.get(answer.status, b""))

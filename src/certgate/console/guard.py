@@ -1,0 +1,116 @@
+"""What a state-changing console request must show (pure; issue #14).
+
+Theory of operation
+-------------------
+The console is authenticated by the TLS client certificate alone: no
+password, no cookie. A browser sends that certificate with *every* request
+to the origin, including one a hostile page makes it send (a cross-site form
+POST), so each state change also needs proof that it came from the console's
+own page:
+
+* a CSRF token in the form: HMAC-SHA256 under a secret kept in the state
+  directory, over the admin certificate's SHA-256 fingerprint. It is the
+  same on every page for that certificate and useless with any other one; a
+  page of another origin cannot read it (no CORS, ``frame-ancestors
+  'none'``);
+* the request's origin: ``Origin`` must be this console's own
+  ``https://HOST[:PORT]``; without an ``Origin`` header, ``Sec-Fetch-Site``
+  must say ``same-origin``; with neither, the request is refused (every
+  browser since 2020 sends one of them on a form POST).
+
+Both must pass. The secret is 32 random bytes in ``STATE/console.key``
+(0600, written atomically, the first worker to need it makes it; the others
+read it), so every worker and every restart accepts the same tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from certgate.fsutil import atomic_write
+
+__all__ = ["Verdict", "check_origin", "csrf_token", "load_secret", "token_matches"]
+
+SECRET_FILE = "console.key"
+SECRET_BYTES = 32
+
+
+def load_secret(state_dir: Path) -> bytes:
+    """The console's CSRF secret, made on first use (blocking: call off-loop)."""
+    path = state_dir / SECRET_FILE
+    with contextlib.suppress(FileNotFoundError):
+        data = path.read_bytes()
+        if len(data) == SECRET_BYTES:
+            return data
+    candidate = secrets.token_bytes(SECRET_BYTES)
+    # Two workers may race here; link() refuses to replace an existing file,
+    # so exactly one secret wins and both read it back.
+    staging = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    atomic_write(staging, candidate, mode=0o600)
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        pass
+    finally:
+        staging.unlink(missing_ok=True)
+    data = path.read_bytes()
+    if len(data) != SECRET_BYTES:
+        raise OSError(f"{path}: not a console secret ({len(data)} bytes); remove it")
+    return data
+
+
+def csrf_token(secret: bytes, fingerprint: str) -> str:
+    """The token every form of this admin certificate carries."""
+    return hmac.new(secret, b"certgate console csrf\0" + fingerprint.encode("ascii"),
+                    hashlib.sha256).hexdigest()
+
+
+def token_matches(secret: bytes, fingerprint: str, sent: str | None) -> bool:
+    if not sent:
+        return False
+    return hmac.compare_digest(csrf_token(secret, fingerprint), sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    reason: str = ""
+
+
+def _origin_of(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.endswith(":443"):
+        host = host[:-4]
+    return f"https://{host}"
+
+
+def check_origin(host_header: bytes | None, origin: bytes | None,
+                 fetch_site: bytes | None) -> Verdict:
+    """Whether a POST comes from this console's own pages."""
+    if host_header is None:
+        return Verdict(False, "no Host header")
+    try:
+        own = _origin_of(host_header.decode("ascii"))
+    except UnicodeDecodeError:
+        return Verdict(False, "a Host header that is not ASCII")
+    if origin is not None:
+        try:
+            sent = origin.decode("ascii").strip().lower()
+        except UnicodeDecodeError:
+            return Verdict(False, "an Origin header that is not ASCII")
+        if sent.endswith(":443"):
+            sent = sent[:-4]
+        if sent != own:
+            return Verdict(False, "a request from another origin")
+        return Verdict(True)
+    if fetch_site is not None:
+        if fetch_site.strip().lower() == b"same-origin":
+            return Verdict(True)
+        return Verdict(False, "a request from another site (Sec-Fetch-Site)")
+    return Verdict(False, "a request without Origin or Sec-Fetch-Site")
