@@ -30,12 +30,15 @@ def test_compose_config_loads_and_keeps_the_routes_of_config(folder: str, origin
     assert config.metrics.listen is not None  # the image's health check asks it
     ours: Any = yaml.safe_load(path.read_text())["routes"]
     theirs: Any = yaml.safe_load((ROOT / "config" / original).read_text())["routes"]
-    assert len(ours) == len(theirs) == 1
-    for key in ("client_auth", "allow", "rules", "timeouts", "max_body",
-                "forward_client_cert", "trust_forwarded"):
-        assert ours[0].get(key) == theirs[0].get(key), key
+    # The app's route, then the enrollment links' route (docs/phone.md).
+    assert len(ours) == len(theirs) == 2
+    for mine, original in zip(ours, theirs, strict=True):
+        for key in ("host", "path", "client_auth", "allow", "rules", "timeouts", "max_body",
+                    "forward_client_cert", "trust_forwarded"):
+            assert mine.get(key) == original.get(key), key
     assert ours[0]["upstream"].startswith("http://")
     assert "127.0.0.1" not in ours[0]["upstream"]
+    assert ours[1]["upstream"] == theirs[1]["upstream"] == "enroll"
 
 
 def test_ha_compose_network_matches_the_trusted_proxies_it_documents() -> None:
