@@ -198,3 +198,31 @@ def test_hostile_user_agent_is_escaped_on_every_page(console: Console) -> None:
         assert "<script>alert" not in page, path
         assert "<img src=x" not in page, path
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in console.get("/devices").text
+
+
+def test_several_workers_share_the_csrf_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every worker signs and checks tokens with the one STATE/console.key,
+    so a page from one worker and a POST to another agree."""
+    from .conftest import CONFIG
+    from support.enrolling import start_enrolling
+    from support.process import free_port
+
+    config = CONFIG.replace('listen: ["127.0.0.1:0"]',
+                            f'listen: ["127.0.0.1:{free_port()}"]\nworkers: 2')
+    env = start_enrolling(tmp_path, config)
+    try:
+        console = Console(env, issue(env, "root-admin", "admin"),
+                          issue(env, "kid-tablet", "family"))
+        wait_for_roles(console, console.admin)
+        tokens = {console.csrf() for _ in range(12)}  # new connections: both workers
+        assert len(tokens) == 1
+        (token,) = tokens
+        for role in ("a", "b", "c", "d"):  # each POST on a new connection too
+            answer = console.post("/devices/kid-tablet/roles",
+                                  {"role": role, "action": "add", "csrf": token})
+            assert answer.status_code == 303, answer.text
+        assert set(console.ca_list()["kid-tablet"]["roles"]) >= {"a", "b", "c", "d"}
+        key = env.state / "console.key"
+        assert key.stat().st_mode & 0o777 == 0o600
+    finally:
+        env.proxy.stop()
