@@ -16,19 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
+from support.enrolling import CONFIG as ENROLL_CONFIG
 from support.enrolling import Enrolling, start_enrolling
 from support.process import wait_until
 
 CONSOLE_HOST = "ca.localhost"
 
-CONFIG = """
-state_dir: {state}
-listen: ["127.0.0.1:0"]
-access_log: {{path: {log}}}
-metrics: {{listen: "off"}}
-routes:
-  - {{host: localhost, upstream: whoami}}
-  - {{host: enroll.localhost, upstream: enroll}}
+# The enrollment tests' certgate, plus the console on a name of its own.
+CONFIG = ENROLL_CONFIG + """\
   - {{host: ca.localhost, upstream: console, client_auth: require, allow: ["role:admin"]}}
 """
 

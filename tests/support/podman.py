@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from support.process import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "localhost/debian-python:bookworm"
 IMAGE = "localhost/certgate:test"
@@ -120,16 +122,8 @@ def volume_path(name: str) -> Path:
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str,
              interval: float = 0.25, logs: Callable[[], str] | None = None) -> object:
-    """Poll ``condition()`` until truthy; fail after ``timeout`` seconds, with ``logs()``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            shown = f"; its logs:\n{logs()}" if logs is not None else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{shown}")
-        time.sleep(interval)
+    """:func:`support.process.wait_until`, polling at podman's pace."""
+    return wait_until(condition, timeout, what, interval, logs)
 
 
 def healthy(name: str) -> bool:

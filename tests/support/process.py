@@ -16,15 +16,17 @@ READY = re.compile(r"certgate: ready on (.*)$")
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.02) -> object:
-    """Poll ``condition`` until truthy or fail after ``timeout`` seconds."""
+               interval: float = 0.02, logs: Callable[[], str] | None = None) -> object:
+    """Poll ``condition`` until truthy or fail after ``timeout`` seconds
+    (with ``logs()`` in the message, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            shown = f"; logs:\n{logs()}" if logs is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{shown}")
         time.sleep(interval)
 
 

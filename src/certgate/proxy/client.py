@@ -136,10 +136,8 @@ class ClientConnection(Channel):
             self._skip_empty_body()
         if route.upstream.is_whoami:
             return await self._whoami(admitted, request, started)
-        if route.upstream.is_enroll:
-            return await self._enroll(admitted, request, started)
-        if route.upstream.is_console:
-            return await self._console(admitted, request, started)
+        if route.upstream.is_enroll or route.upstream.is_console:
+            return await self._service(admitted, request, started)
         plan = Plan(
             pool=self.runtime.pool_for(route),
             request=admitted.upstream_request,
@@ -256,32 +254,25 @@ class ClientConnection(Channel):
             prefix=admitted.route.path,
         )
 
-    async def _enroll(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
-        """The built-in enrollment service (:mod:`certgate.enroll`)."""
-        service = self.runtime.enroll
+    async def _service(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
+        """The built-in enrollment service (:mod:`certgate.enroll`) or the CA's
+        console (:mod:`certgate.console`): certgate answers itself."""
+        upstream = admitted.route.upstream
         body = await self._read_body(admitted, request, started, MAX_BODY)
         if isinstance(body, bool):
             return body
-        if service is None:  # cannot happen: the runtime makes one for enroll routes
-            return await self._refuse(HTTPError(503, "enrollment is not available"), request,
-                                      started, admitted)
-        answer = await service.handle(self._builtin_request(admitted, request, body))
-        return await self._builtin_answer(admitted, request, started, answer)
-
-    async def _console(self, admitted: Admitted, request: h11.Request, started: float) -> bool:
-        """The CA's web console (:mod:`certgate.console`)."""
-        service = self.runtime.console
-        body = await self._read_body(admitted, request, started, MAX_BODY)
-        if isinstance(body, bool):
-            return body
-        if service is None:  # cannot happen: the runtime makes one for console routes
-            return await self._refuse(HTTPError(503, "the console is not available"), request,
-                                      started, admitted)
-        roles = self.runtime.roles_for(self.identity) if self.identity is not None else ()
-        allowed = frozenset(m.value for m in admitted.route.allow if m.kind is MatcherKind.ROLE)
-        query = request.target.partition(b"?")[2].decode("ascii", "replace")
-        answer = await service.handle(self._builtin_request(admitted, request, body), query,
-                                      roles, allowed)
+        built = self._builtin_request(admitted, request, body)
+        if upstream.is_enroll and self.runtime.enroll is not None:
+            answer = await self.runtime.enroll.handle(built)
+        elif upstream.is_console and self.runtime.console is not None:
+            roles = self.runtime.roles_for(self.identity) if self.identity is not None else ()
+            allowed = frozenset(m.value for m in admitted.route.allow
+                                if m.kind is MatcherKind.ROLE)
+            query = request.target.partition(b"?")[2].decode("ascii", "replace")
+            answer = await self.runtime.console.handle(built, query, roles, allowed)
+        else:  # cannot happen: the runtime makes a service for each such route
+            return await self._refuse(HTTPError(503, f"{upstream.label} is not available"),
+                                      request, started, admitted)
         return await self._builtin_answer(admitted, request, started, answer)
 
     async def _builtin_answer(self, admitted: Admitted, request: h11.Request, started: float,
