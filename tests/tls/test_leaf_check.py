@@ -220,3 +220,34 @@ def test_openssl_s_client_sees_certificate_revoked(start_certgate, revoked, vers
                          str(good_key), f"https://localhost:{proxy.port}/"],
                         capture_output=True, text=True, timeout=30, check=False)
     assert '"cn": "dave"' in ok.stdout or '"cn":"dave"' in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_the_registry_keeps_no_owner_alive(forged) -> None:  # type: ignore[no-untyped-def]
+    """A runtime's bound method is held weakly: a reloaded-away runtime is
+    freed, and a handshake on its context then falls back to OpenSSL's
+    verdict (the post-handshake checks still run in the proxy)."""
+    import gc
+    import weakref
+
+    class Owner:
+        def check(self, der: bytes) -> int:
+            return openssl.X509_V_ERR_CERT_REVOKED
+
+    owner = Owner()
+    server = _server(forged, "1.3", owner.check)
+    gone = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert gone() is None
+    assert Handshake(server, _client(forged, "good", "1.3")).run() == (None, None)
+
+
+def test_a_collected_context_leaves_the_registry(forged) -> None:  # type: ignore[no-untyped-def]
+    import gc
+
+    before = len(openssl._checks)
+    server = _server(forged, "1.3", lambda der: 0)
+    assert len(openssl._checks) == before + 1
+    del server
+    gc.collect()
+    assert len(openssl._checks) == before

@@ -42,10 +42,13 @@ say that they cannot reproduce OpenSSL's verdict rather than guess one.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import ssl
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["X509_V_ERR_CERT_REVOKED", "ChainVerdict", "LeafCheck", "Unavailable",
            "set_client_ca_names", "set_leaf_check", "set_ticket_keys", "set_verify_depth",
@@ -128,6 +131,9 @@ def _library() -> ctypes.CDLL:
         "X509_STORE_CTX_set_error": ([_P, ctypes.c_int], None),
         "i2d_X509": ([_P, ctypes.POINTER(ctypes.c_void_p)], ctypes.c_int),
         "SSL_CTX_ctrl": ([_P, ctypes.c_int, ctypes.c_long, _P], ctypes.c_long),
+        "X509_STORE_CTX_get_ex_data": ([_P, ctypes.c_int], _P),
+        "SSL_get_ex_data_X509_STORE_CTX_idx": ([], ctypes.c_int),
+        "SSL_get_SSL_CTX": ([_P], _P),
     }
     for name, (args, result) in signatures.items():
         try:
@@ -279,6 +285,77 @@ def _leaf_der(lib: ctypes.CDLL, cert: int) -> bytes | None:
     return buffer.raw
 
 
+class _Registered:
+    """One context's leaf check, held weakly when it is a bound method (the
+    runtime owns the contexts: a strong reference here would keep every
+    reloaded-away runtime alive)."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, check: LeafCheck) -> None:
+        self.get: Callable[[], LeafCheck | None]
+        if inspect.ismethod(check):
+            self.get = weakref.WeakMethod(check)
+        else:
+            self.get = lambda: check
+
+
+#: SSL_CTX pointer -> its check, for the one trampoline below.
+_checks: dict[int, _Registered] = {}
+_trampoline: Any = None  # the CFUNCTYPE instance, once made
+
+
+def _unregister(pointer: int, entry: _Registered) -> None:
+    # Only this registration: a later context may reuse the freed pointer.
+    if _checks.get(pointer) is entry:
+        del _checks[pointer]
+
+
+def _verify(preverify_ok: int, store_ctx: int) -> int:
+    """The verify callback of every context with a leaf check."""
+    if not preverify_ok:
+        return 0  # OpenSSL refused: stays refused
+    lib = _lib()
+    try:
+        if lib.X509_STORE_CTX_get_error_depth(store_ctx) != 0:
+            return 1
+        ssl_obj = lib.X509_STORE_CTX_get_ex_data(store_ctx,
+                                                 lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+        entry = _checks.get(lib.SSL_get_SSL_CTX(ssl_obj) or 0) if ssl_obj else None
+        check = entry.get() if entry is not None else None
+        if check is None:
+            # The context's owner is gone (its last handshakes finishing):
+            # OpenSSL's verdict stands and the post-handshake checks decide.
+            return 1
+        der = _leaf_der(lib, lib.X509_STORE_CTX_get_current_cert(store_ctx))
+        code = X509_V_ERR_APPLICATION_VERIFICATION if der is None else check(der)
+    except Exception:  # fail closed: a broken check refuses, never admits
+        code = X509_V_ERR_APPLICATION_VERIFICATION
+    if code:
+        lib.X509_STORE_CTX_set_error(store_ctx, code)
+        return 0
+    return 1
+
+
+def _trampoline_pointer() -> int:
+    """The C entry point of :func:`_verify`: made once per process, never freed.
+
+    Never freed on purpose: under systemd's MemoryDenyWriteExecute, libffi
+    builds closures from a shared trampoline mapping, and freeing one in a
+    process that has forked since aborts it (SIGABRT, seen in the workers
+    and at the parent's exit). One closure per process, kept alive past
+    interpreter shutdown, is never freed.
+    """
+    global _trampoline
+    if _trampoline is None:
+        trampoline = _VERIFY_CALLBACK(_verify)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(trampoline))
+        _trampoline = trampoline
+    pointer = ctypes.cast(_trampoline, _P).value
+    assert pointer is not None
+    return pointer
+
+
 def set_leaf_check(context: ssl.SSLContext, check: LeafCheck) -> None:
     """Call ``check`` on the client's leaf inside the handshake, after OpenSSL
     has verified the chain, and refuse the handshake with the code it answers.
@@ -290,9 +367,9 @@ def set_leaf_check(context: ssl.SSLContext, check: LeafCheck) -> None:
     call the callback again with 0 and stay refused). Resumed sessions carry
     no certificate to verify: the post-handshake checks cover those.
 
-    The callback object is kept on ``context``: the SSL_CTX (and every SSL
-    made from it, which holds a reference to the Python context) must never
-    call a freed trampoline.
+    Every context shares one C callback (see :func:`_trampoline_pointer`),
+    which finds the check by the handshake's SSL_CTX; a bound method is held
+    weakly, and the entry goes with the context.
 
     Raises:
         Unavailable: libssl cannot be reached safely, the context already
@@ -302,25 +379,10 @@ def set_leaf_check(context: ssl.SSLContext, check: LeafCheck) -> None:
     ssl_ctx = _ssl_ctx(context)
     if lib.SSL_CTX_get_verify_callback(ssl_ctx):
         raise Unavailable("the context already has a verify callback")
-
-    def callback(preverify_ok: int, store_ctx: int) -> int:
-        if not preverify_ok:
-            return 0
-        try:
-            if lib.X509_STORE_CTX_get_error_depth(store_ctx) != 0:
-                return 1
-            der = _leaf_der(lib, lib.X509_STORE_CTX_get_current_cert(store_ctx))
-            code = X509_V_ERR_APPLICATION_VERIFICATION if der is None else check(der)
-        except Exception:  # fail closed: a broken check refuses, never admits
-            code = X509_V_ERR_APPLICATION_VERIFICATION
-        if code:
-            lib.X509_STORE_CTX_set_error(store_ctx, code)
-            return 0
-        return 1
-
-    trampoline = _VERIFY_CALLBACK(callback)
-    pointer = ctypes.cast(trampoline, _P).value
-    context._certgate_leaf_check = trampoline  # type: ignore[attr-defined]
+    pointer = _trampoline_pointer()
+    entry = _Registered(check)
+    _checks[ssl_ctx] = entry
+    weakref.finalize(context, _unregister, ssl_ctx, entry)
     lib.SSL_CTX_set_verify(ssl_ctx, lib.SSL_CTX_get_verify_mode(ssl_ctx), pointer)
     if lib.SSL_CTX_get_verify_callback(ssl_ctx) != pointer:
         raise Unavailable("the verify callback did not stick")
