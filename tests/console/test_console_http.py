@@ -65,6 +65,8 @@ def test_no_certificate_gets_no_page_at_all(console: Console) -> None:
     ("f" * 64, "default", {}),                  # wrong token
     ("right", "https://evil.example", {}),      # another origin
     ("right", "null", {}),                      # a sandboxed or file: page
+    ("right", "null", {"sec-fetch-site": "cross-site"}),  # the same, from a browser
+    ("right", "null", {"sec-fetch-site": "same-site"}),   # a sibling host's page
     ("right", None, {}),                        # neither Origin nor Sec-Fetch-Site
     ("right", None, {"sec-fetch-site": "cross-site"}),
     ("right", "https://ca.localhost:1", {}),    # same host, another port
@@ -99,6 +101,18 @@ def test_same_origin_by_sec_fetch_site_alone_is_accepted(console: Console) -> No
     answer = console.post("/devices/kid-tablet/roles",
                           {"role": "homework", "action": "add", "csrf": console.csrf()},
                           origin=None, headers={"sec-fetch-site": "same-origin"})
+    assert answer.status_code == 303, answer.text
+    assert "homework" in console.ca_list()["kid-tablet"]["roles"]
+
+
+def test_origin_null_from_the_console_itself_is_accepted(console: Console) -> None:
+    """What Chromium really sends on the console's own form POST: the pages'
+    Referrer-Policy: no-referrer turns Origin into "null"; Sec-Fetch-Site,
+    which no page can set, still says same-origin (tests/browser/test_console.py
+    submits real forms)."""
+    answer = console.post("/devices/kid-tablet/roles",
+                          {"role": "homework", "action": "add", "csrf": console.csrf()},
+                          origin="null", headers={"sec-fetch-site": "same-origin"})
     assert answer.status_code == 303, answer.text
     assert "homework" in console.ca_list()["kid-tablet"]["roles"]
 

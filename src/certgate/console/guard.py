@@ -14,9 +14,14 @@ own page:
   page of another origin cannot read it (no CORS, ``frame-ancestors
   'none'``);
 * the request's origin: ``Origin`` must be this console's own
-  ``https://HOST[:PORT]``; without an ``Origin`` header, ``Sec-Fetch-Site``
-  must say ``same-origin``; with neither, the request is refused (every
-  browser since 2020 sends one of them on a form POST).
+  ``https://HOST[:PORT]``; without an ``Origin`` header, or with the opaque
+  ``Origin: null``, ``Sec-Fetch-Site`` must say ``same-origin``; with
+  neither, the request is refused (every browser since 2020 sends one of
+  them on a form POST). ``null`` needs this fallback because the console's
+  own ``Referrer-Policy: no-referrer`` makes Chromium send ``Origin: null``
+  on its same-origin form POSTs (the Fetch standard's rule for that
+  policy); a sandboxed frame or a ``file:`` page also sends ``null``, but
+  the browser marks those ``cross-site``, which a page cannot change.
 
 Both must pass. The secret is 32 random bytes in ``STATE/console.key``
 (0600, written atomically, the first worker to need it makes it; the others
@@ -106,9 +111,12 @@ def check_origin(host_header: bytes | None, origin: bytes | None,
             return Verdict(False, "an Origin header that is not ASCII")
         if sent.endswith(":443"):
             sent = sent[:-4]
-        if sent != own:
+        if sent == own:
+            return Verdict(True)
+        if sent != "null":
             return Verdict(False, "a request from another origin")
-        return Verdict(True)
+        if fetch_site is None:
+            return Verdict(False, "Origin: null without Sec-Fetch-Site")
     if fetch_site is not None:
         if fetch_site.strip().lower() == b"same-origin":
             return Verdict(True)

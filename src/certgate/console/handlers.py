@@ -210,7 +210,7 @@ async def new_device(service: ConsoleService, request: AdminRequest,
     import segno
     from markupsafe import Markup
 
-    svg = segno.make(url.url, error="m").svg_inline(scale=5, title="enrollment link")
+    svg = segno.make(url.url, error="m").svg_inline(omitsize=True, title="enrollment link")
     return pages.render("enrolled.html", **_common(service, request), name=e.name,
                         url=url.url, pin=url.pin, expires=e.expires, qr_svg=Markup(svg),
                         enrollment_id=e.id, platform_note=_PLATFORM_NOTES.get(form["platform"]))
@@ -258,6 +258,7 @@ async def audit_log(service: ConsoleService, request: AdminRequest,
     newest = [_entry(e) for e in reversed(entries[-AUDIT_PAGE_ENTRIES:])]
     return pages.render("audit.html", **_common(service, request), entries=newest,
                         verdict_ok=ok, verdict=verdict,
+                        device_operations=views.DEVICE_OPERATIONS,
                         truncated=len(entries) > AUDIT_PAGE_ENTRIES)
 
 

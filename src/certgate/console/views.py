@@ -26,6 +26,7 @@ from certgate.ca.timeutil import rfc3339
 from certgate.lastseen import Seen
 
 __all__ = [
+    "DEVICE_OPERATIONS",
     "SORT_KEYS",
     "STATUSES",
     "Device",
@@ -143,11 +144,15 @@ _HISTORY = {
     "role-remove": "role removed",
     "enroll-create": "enrollment link created",
     "enroll-download": "enrolled",
+    "enroll-csr": "issued (key made on the device)",
     "enroll-burn": "enrollment link burned",
     "enroll-expire": "enrollment link expired",
     "enroll-cancel": "enrollment link cancelled",
     "enroll-wrong-pin": "wrong PIN",
 }
+# The operations about a client certificate name (the audit page links
+# those names to a device page; init or issue-server name no device).
+DEVICE_OPERATIONS = frozenset(_HISTORY)
 
 
 def device_history(entries: Iterable[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
