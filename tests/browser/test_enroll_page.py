@@ -2,7 +2,8 @@
 viewport (390x844): the PIN field, then the platform choices, and not one
 request to another origin (DevTools performance log).
 
-The screenshots are written to docs/img/ (the page docs/phone.md shows).
+With ``CERTGATE_SCREENSHOTS=1`` the screenshots are written to docs/img/
+(the page docs/phone.md shows); otherwise to the test's own directory.
 Skipped only when chromium is not installed and CI is not true.
 """
 
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from support.enrolling import ENROLL_HOST, Enrolling, start_enrolling
+from support.screenshots import screenshot_dir
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -30,7 +32,6 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
 WIDTH, HEIGHT = 390, 844
 
 
@@ -82,7 +83,9 @@ def _requested(chrome: webdriver.Chrome) -> list[str]:
     return urls
 
 
-def test_enrollment_page_on_a_phone(env: Enrolling, driver: webdriver.Chrome) -> None:
+def test_enrollment_page_on_a_phone(env: Enrolling, driver: webdriver.Chrome,
+                                    tmp_path: Path) -> None:
+    images = screenshot_dir(tmp_path)
     link = env.enroll("phone", "--role", "family")
     origin = f"https://{ENROLL_HOST}:{env.port}"
     url = f"{origin}{urlsplit(link.url).path}"
@@ -95,8 +98,7 @@ def test_enrollment_page_on_a_phone(env: Enrolling, driver: webdriver.Chrome) ->
     colour = driver.execute_script(
         "return getComputedStyle(document.querySelector('button')).backgroundColor")
     assert colour == "rgb(11, 92, 173)"
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(IMAGES / "enroll-pin.png"))
+    driver.save_screenshot(str(images / "enroll-pin.png"))
 
     pin.send_keys(link.pin)
     driver.find_element(By.CSS_SELECTOR, "form button").click()
@@ -108,7 +110,7 @@ def test_enrollment_page_on_a_phone(env: Enrolling, driver: webdriver.Chrome) ->
     assert all(s.is_displayed() for s in driver.find_elements(By.TAG_NAME, "summary"))
     width = driver.execute_script("return document.documentElement.scrollWidth")
     assert width <= WIDTH  # nothing wider than the phone: no sideways scrolling
-    driver.save_screenshot(str(IMAGES / "enroll-choose.png"))
+    driver.save_screenshot(str(images / "enroll-choose.png"))
 
     requested = _requested(driver)
     assert requested
