@@ -247,3 +247,21 @@ def test_two_racing_renewals_yield_one_successor(env: Enrolling) -> None:
     assert set(statuses) <= {200, 403}, statuses
     rows = json.loads(env.ca("list", "--json").stdout)
     assert [r["status"] for r in rows if r["name"] == "phone"].count("valid") == 1, rows
+
+
+def test_rotating_ipv6_addresses_in_one_64_share_a_bucket() -> None:
+    """A machine with a /64 (every IPv6 home network) could otherwise give
+    each guess a fresh address; and ::ffff:a.b.c.d is the same client as
+    a.b.c.d on a dual-stack listener."""
+    from certgate.enroll.ratelimit import BURST, RateLimiter
+
+    limiter = RateLimiter()
+    waits = [limiter.allow(f"2001:db8:1:2:{i:x}::{i:x}", 100.0) for i in range(BURST + 5)]
+    assert waits[:BURST] == [0.0] * BURST
+    assert all(wait > 0 for wait in waits[BURST:])
+    assert limiter.allow("2001:db8:1:3::1", 100.0) == 0.0  # another /64: its own bucket
+    mapped = RateLimiter()
+    for i in range(BURST):
+        mapped.allow("::ffff:192.0.2.7" if i % 2 else "192.0.2.7", 100.0)
+    assert mapped.allow("192.0.2.7", 100.0) > 0
+    assert mapped.allow("::ffff:192.0.2.7", 100.0) > 0
