@@ -290,3 +290,23 @@ def test_a_secret_file_that_is_a_symlink_or_readable_by_others_is_refused(
         guard.load_secret(state)
     os.chmod(loose, 0o600)
     assert guard.load_secret(state) == b"k" * guard.SECRET_BYTES
+
+
+def test_an_admin_demoted_mid_connection_loses_the_console(console: Console) -> None:
+    """The role is looked up per request, not per connection: after
+    `ca role remove` a keep-alive connection opened as admin gets 403 within
+    a few seconds, and its token no longer changes anything."""
+    other = issue(console.env, "other-admin", "admin")
+    wait_for_roles(console, other)
+    with console.client(other) as client:
+        ext = {"sni_hostname": CONSOLE_HOST}
+        assert client.get("/", extensions=ext).status_code == 200
+        token = console.csrf(other)
+        console.env.ca("role", "remove", "other-admin", "admin")
+        wait_until(lambda: client.get("/", extensions=ext).status_code == 403, 10,
+                   "the demoted admin to be refused on its open connection")
+        answer = client.post("/devices/kid-tablet/roles", extensions=ext,
+                             data={"role": "x", "action": "add", "csrf": token},
+                             headers={"origin": f"https://{CONSOLE_HOST}:{console.port}"})
+        assert answer.status_code == 403
+    _still_valid(console)
