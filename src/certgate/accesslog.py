@@ -128,10 +128,11 @@ def entry_of(item: _Pending, clock: _Clock) -> dict[str, Any]:
     path = admitted.path if admitted is not None else (
         request.target.split(b"?", 1)[0].decode("ascii", "replace") if request else "-")
     reason = item.reason
-    if "/enroll/" in path:
-        # An enrollment token is a bearer secret in the path (certgate.enroll).
+    # An enrollment token is a bearer secret in the path (certgate.enroll),
+    # whatever spelling of /enroll/ carried it.
+    if "nroll" in path.lower():
         path = redact(path)
-    if reason and "/enroll/" in reason:
+    if reason and "nroll" in reason.lower():
         reason = redact(reason)
     entry: dict[str, Any] = {
         "time": clock.text(item.at),

@@ -457,11 +457,27 @@ class _ConfigBuilder:
         items = self.r.sequence(node, "routes")
         if not items and isinstance(node, yaml.SequenceNode):
             self.r.problem(node, "routes", "at least one route is needed")
+        placed: list[tuple[Route, Node, str]] = []
         for i, item in enumerate(items):
             route = self.route(item, f"routes[{i}]")
             if route is not None:
                 routes.append(route)
+                placed.append((route, item, f"routes[{i}]"))
+        self.console_origins(placed)
         return routes
+
+    def console_origins(self, placed: list[tuple[Route, Node, str]]) -> None:
+        """The console's host name is its origin: a page an app serves on the
+        same name (an upload, an XSS in it) could read the console's CSRF
+        token and post as the admin. Only certgate's own services, which
+        serve no script, may share the console's host."""
+        consoles = {route.host for route, _, _ in placed if route.upstream.is_console}
+        for route, node, where in placed:
+            if route.host in consoles and not route.upstream.is_builtin:
+                self.r.problem(node, f"{where}.host",
+                               f"{route.host} serves the console: the console needs a host "
+                               "name of its own (an app on the same name shares its origin "
+                               "and could act as the admin); give this app another name")
 
     def route(self, node: Node, where: str) -> Route | None:
         r = self.r

@@ -31,10 +31,12 @@ read it), so every worker and every restart accepts the same tokens.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +48,35 @@ SECRET_FILE = "console.key"
 SECRET_BYTES = 32
 
 
+def _read(path: Path) -> bytes:
+    """The secret file's bytes: a regular file of ours, 0600, not a link.
+
+    A symlink to a 32-byte file elsewhere, or a file others can read, would
+    make every CSRF token known to someone else: refused (fail closed).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OSError(f"{path}: a symbolic link, not a console secret; remove it") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077 \
+                or info.st_uid != os.geteuid():
+            raise OSError(f"{path}: not a console secret (not a 0600 file of this user); "
+                          "remove it")
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            return stream.read(SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
 def load_secret(state_dir: Path) -> bytes:
     """The console's CSRF secret, made on first use (blocking: call off-loop)."""
     path = state_dir / SECRET_FILE
     with contextlib.suppress(FileNotFoundError):
-        data = path.read_bytes()
+        data = _read(path)
         if len(data) == SECRET_BYTES:
             return data
     candidate = secrets.token_bytes(SECRET_BYTES)
@@ -64,7 +90,7 @@ def load_secret(state_dir: Path) -> bytes:
         pass
     finally:
         staging.unlink(missing_ok=True)
-    data = path.read_bytes()
+    data = _read(path)
     if len(data) != SECRET_BYTES:
         raise OSError(f"{path}: not a console secret ({len(data)} bytes); remove it")
     return data

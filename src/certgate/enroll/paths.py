@@ -28,16 +28,28 @@ REDACTED = "[token]"
 # treated as a token, whatever its shape: a mistyped or truncated token is
 # still most of a secret.
 _TOKEN_SEGMENT = re.compile(r"(/enroll/)([^/?#]+)")
+# Paths the router refuses still carry the token when a scanner or an
+# autocorrect respelled the rest (/Enroll/T, /enroll;x/T, /enroll%2fT,
+# /enroll/ca.crt/../T before normalising): after any spelling of "enroll",
+# every run that could be (most of) a token goes too. 16 is the router's
+# own minimum token length.
+_MARKER = re.compile(r"(?:e|%65|%45)nroll", re.IGNORECASE)
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
 
 
 def redact(path: str) -> str:
-    """``path`` with the token segment after ``/enroll/`` replaced."""
+    """``path`` with the token segment after ``/enroll/`` replaced, and any
+    token-like run after another spelling of ``enroll``."""
 
     def replace(match: re.Match[str]) -> str:
         segment = match.group(2)
         return match.group(0) if segment in PUBLIC_FILES else match.group(1) + REDACTED
 
-    return _TOKEN_SEGMENT.sub(replace, path)
+    path = _TOKEN_SEGMENT.sub(replace, path)
+    marker = _MARKER.search(path)
+    if marker is None:
+        return path
+    return path[:marker.end()] + _TOKEN_RUN.sub(REDACTED, path[marker.end():])
 
 
 def relative(path: str, prefix: str) -> str | None:
