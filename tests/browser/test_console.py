@@ -55,6 +55,10 @@ if (CHROMIUM is None or CHROMEDRIVER is None) and os.environ.get("CI") != "true"
                 "libnss3-tools", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
@@ -232,6 +236,20 @@ class Walk:
     def heading(self) -> str:
         return str(self.chrome.find_element(By.TAG_NAME, "h1").text)
 
+    def expect_heading(self, wanted: str, timeout: float = 10.0) -> None:
+        """Wait for the page with this heading: a click on a form returns
+        before the POST's answer (and its redirect) has replaced the page."""
+        seen: list[str] = []
+
+        def arrived() -> bool:
+            try:
+                seen.append(self.heading())
+            except (StaleElementReferenceException, NoSuchElementException):
+                return False
+            return seen[-1] == wanted
+
+        wait_until(arrived, timeout, f"the page headed {wanted!r}")
+
     def shoot(self, page: str) -> None:
         """Full-page screenshots at both widths; none may scroll sideways."""
         for view in VIEWPORTS:
@@ -282,7 +300,7 @@ def test_console_walk_through(env: Enrolling, seeded: None, driver: webdriver.Ch
 
     # Overview: the admin's certificate was picked by policy and let in.
     walk.open("/")
-    assert walk.heading() == "Overview"
+    walk.expect_heading("Overview")
     assert f"signed in as {ADMIN}" in driver.find_element(By.TAG_NAME, "header").text
     # The style sheet applies (served by the console itself under 'self').
     colour = driver.execute_script(
@@ -293,7 +311,7 @@ def test_console_walk_through(env: Enrolling, seeded: None, driver: webdriver.Ch
     # New device: fill in the form, look at it, submit.
     driver.find_element(By.LINK_TEXT, "New device").click()
     walk.note()
-    assert walk.heading() == "New device"
+    walk.expect_heading("New device")
     driver.find_element(By.ID, "name").send_keys(DEVICE)
     driver.find_element(By.ID, "roles").send_keys("family")
     days = driver.find_element(By.ID, "days")
@@ -303,7 +321,7 @@ def test_console_walk_through(env: Enrolling, seeded: None, driver: webdriver.Ch
     walk.shoot("new")
     driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
     walk.note()
-    assert walk.heading() == f"Enroll {DEVICE}"
+    walk.expect_heading(f"Enroll {DEVICE}")
 
     # The QR code on screen decodes to exactly the link shown under it.
     link = str(driver.find_element(By.ID, "link").text)
@@ -334,20 +352,20 @@ def test_console_walk_through(env: Enrolling, seeded: None, driver: webdriver.Ch
     # The device page, then Revoke... and the confirmation step.
     driver.find_element(By.LINK_TEXT, DEVICE).click()
     walk.note()
-    assert walk.heading() == f"{DEVICE} valid"
+    walk.expect_heading(f"{DEVICE} valid")
     history = driver.find_element(By.XPATH, "//h2[text()='History']/following-sibling::div").text
     assert "enrollment link created" in history
     assert f"{ADMIN} (console)" in history
     walk.shoot("device")
     driver.find_element(By.LINK_TEXT, "Revoke…").click()
     walk.note()
-    assert walk.heading() == f"Revoke {DEVICE}?"
+    walk.expect_heading(f"Revoke {DEVICE}?")
     Select(driver.find_element(By.ID, "reason")).select_by_value("keyCompromise")
     walk.shoot("revoke")
     driver.find_element(By.CSS_SELECTOR, "button.danger").click()
     walk.note()
     revoked_at = time.monotonic()
-    assert walk.heading() == f"{DEVICE} revoked"
+    walk.expect_heading(f"{DEVICE} revoked")
 
     # The proxy refuses the certificate within 2 s of the click's answer.
     wait_until(lambda: _get(env, device, "localhost", user_agent=DEVICE_UA) != 200,
@@ -358,7 +376,7 @@ def test_console_walk_through(env: Enrolling, seeded: None, driver: webdriver.Ch
     assert entry["admin"]["cn"] == ADMIN
 
     walk.open("/audit")
-    assert walk.heading() == "Audit log"
+    walk.expect_heading("Audit log")
     verdict = driver.find_element(By.ID, "verdict")
     assert "hash chain intact" in verdict.text
     assert verdict.get_attribute("class") == "ok"
