@@ -1,4 +1,5 @@
-"""The request-head fuzz target: its seeds, its regressions, and a bounded run.
+"""The fuzz targets (request heads from clients, response heads from
+upstreams): their seeds, their regressions, and a bounded run of each.
 
 The invariant is stated in request_head.py's docstring. The bounded run lasts
 ``CERTGATE_FUZZ_SECONDS`` (default 10 s for a local run; ``.ci/run`` exports
@@ -17,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from fuzz.request_head import check
+from fuzz.upstream_response import check as check_response
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "corpus" / "request_head"
+UPSTREAM_CORPUS = Path(__file__).resolve().parent / "corpus" / "upstream_response"
 SECONDS = int(os.environ.get("CERTGATE_FUZZ_SECONDS", "10"))
 
 #: Inputs that once broke the invariant (or nearly did), each must now pass.
@@ -54,8 +57,28 @@ def test_regressions(name: str) -> None:
     check(REGRESSIONS[name])
 
 
+#: Upstream responses that once broke the response reader's invariant.
+UPSTREAM_REGRESSIONS = {
+    # h11 forwards one Content-Length where the upstream repeated it
+    "repeated-content-length": (b"\x00HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: t\r\n"
+                                b"Content-Length: 0\r\nX-B: x\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_REGRESSIONS))
+def test_upstream_regressions(name: str) -> None:
+    check_response(UPSTREAM_REGRESSIONS[name])
+
+
+@pytest.mark.parametrize("seed", sorted(p.name for p in UPSTREAM_CORPUS.iterdir()))
+def test_upstream_seed_corpus_holds_the_invariant(seed: str) -> None:
+    check_response((UPSTREAM_CORPUS / seed).read_bytes())
+
+
 @pytest.mark.timeout(SECONDS + 180)
-def test_fuzz_request_head_for_a_bounded_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("target", "corpus"), [("request_head", CORPUS),
+                                                ("upstream_response", UPSTREAM_CORPUS)])
+def test_fuzz_for_a_bounded_time(tmp_path: Path, target: str, corpus: Path) -> None:
     if importlib.util.find_spec("atheris") is None:
         if "CERTGATE_FUZZ_SECONDS" in os.environ:
             pytest.fail("CERTGATE_FUZZ_SECONDS is set but atheris is not installed")
@@ -63,8 +86,8 @@ def test_fuzz_request_head_for_a_bounded_time(tmp_path: Path) -> None:
     found = tmp_path / "corpus"
     found.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "tests.fuzz.request_head", f"-max_total_time={SECONDS}",
-         f"-artifact_prefix={tmp_path}/", "-print_final_stats=1", str(found), str(CORPUS)],
+        [sys.executable, "-m", f"tests.fuzz.{target}", f"-max_total_time={SECONDS}",
+         f"-artifact_prefix={tmp_path}/", "-print_final_stats=1", str(found), str(corpus)],
         cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 150, check=False)
     output = done.stdout + done.stderr
     crashes = sorted(tmp_path.glob("crash-*"))

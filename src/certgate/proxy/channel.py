@@ -1,4 +1,7 @@
-"""One transport speaking HTTP/1.1 through h11, with flow control both ways.
+"""One transport speaking HTTP/1.1, with flow control both ways.
+
+The HTTP state machine is h11 on the client side (hostile bytes arrive
+there) and :mod:`certgate.http.upstream_http` on the upstream side.
 
 Theory of operation. Bytes arrive in :meth:`data_received` and wait in a
 local buffer; they are handed to h11 only when the reader asks for the next
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import h11
 
@@ -45,13 +48,28 @@ class ChannelTimeout(Exception):
         self.what = what
 
 
+class HTTPState(Protocol):
+    """What a channel needs of its HTTP state machine: ``h11.Connection`` on
+    the client side, :class:`certgate.http.upstream_http.UpstreamHTTP` on the
+    upstream side."""
+
+    def next_event(self) -> Any: ...
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def send(self, event: Any) -> bytes | None: ...
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]: ...
+
+
 class Channel(asyncio.Protocol):
-    """Bytes <-> h11 events for one transport."""
+    """Bytes <-> HTTP events for one transport."""
 
     transport: asyncio.Transport
 
-    def __init__(self, conn: h11.Connection) -> None:
-        self.h11 = conn
+    def __init__(self, conn: HTTPState) -> None:
+        self.http = conn
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self._eof = False
@@ -149,18 +167,18 @@ class Channel(asyncio.Protocol):
         what was corked there goes out as soon as nothing more is ready here.
         """
         while True:
-            event = self.h11.next_event()
+            event = self.http.next_event()
             if event is not h11.NEED_DATA:
                 return event
             if self._buffer:
-                self.h11.receive_data(bytes(self._buffer))
+                self.http.receive_data(bytes(self._buffer))
                 self._buffer.clear()
                 if self._reading_paused and not self._lost:
                     self._reading_paused = False
                     self.transport.resume_reading()
                 continue
             if self._eof:
-                self.h11.receive_data(b"")
+                self.http.receive_data(b"")
                 continue
             if before_waiting is not None:
                 before_waiting.uncork()
@@ -168,7 +186,7 @@ class Channel(asyncio.Protocol):
 
     async def wait_for_data(self) -> bool:
         """Wait until bytes are buffered; False if the peer closed first."""
-        while not self._buffer and not self.h11.trailing_data[0]:
+        while not self._buffer and not self.http.trailing_data[0]:
             if self._eof:
                 return False
             await self._wait_readable()
@@ -206,7 +224,7 @@ class Channel(asyncio.Protocol):
 
     # -- writing ----------------------------------------------------------
     def send(self, event: Any) -> None:
-        data = self.h11.send(event)
+        data = self.http.send(event)
         if data and not self._lost:
             self.bytes_out += len(data)
             if self._corked is not None:
@@ -295,7 +313,7 @@ class Channel(asyncio.Protocol):
 
     def switch_to_raw(self, sink: Callable[[bytes], None], on_eof: Callable[[], None]) -> bytes:
         """Stop parsing HTTP; return bytes already received past the HTTP part."""
-        leftover = bytes(self.h11.trailing_data[0]) + bytes(self._buffer)
+        leftover = bytes(self.http.trailing_data[0]) + bytes(self._buffer)
         self._buffer.clear()
         self._raw_sink = sink
         self._raw_eof = on_eof

@@ -45,6 +45,8 @@ log = logging.getLogger("certgate.proxy")
 
 
 class ClientConnection(Channel):
+    http: h11.Connection  # the client side is parsed by h11
+
     def __init__(self, runtime: Runtime, info: ConnectionInfo) -> None:
         limits = runtime.config.limits
         super().__init__(h11.Connection(h11.SERVER,
@@ -92,8 +94,8 @@ class ClientConnection(Channel):
                 try:
                     event = await self.next_event()
                 except ChannelTimeout:
-                    if self.h11.their_state is h11.IDLE and not self.has_buffered_data \
-                            and not self.h11.trailing_data[0] and first is False:
+                    if self.http.their_state is h11.IDLE and not self.has_buffered_data \
+                            and not self.http.trailing_data[0] and first is False:
                         return
                     await self._refuse(HTTPError(408, "request head not received in time",
                                                  close=True), None, started)
@@ -114,8 +116,8 @@ class ClientConnection(Channel):
                         return
                 finally:
                     self.busy = False
-                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-                    self.h11.start_next_cycle()
+                if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
+                    self.http.start_next_cycle()
                 else:
                     return
         except (ChannelClosed, ConnectionError) as exc:
@@ -196,8 +198,8 @@ class ClientConnection(Channel):
         produces the event without needing more bytes; without this the
         request never reaches DONE and keep-alive could not continue.
         """
-        if self.h11.their_state is h11.SEND_BODY:
-            event = self.h11.next_event()
+        if self.http.their_state is h11.SEND_BODY:
+            event = self.http.next_event()
             if not isinstance(event, h11.EndOfMessage):
                 raise ChannelClosed("expected an empty request body")
 
@@ -211,7 +213,7 @@ class ClientConnection(Channel):
         pace = BodyPace.start(timeouts.body_min_rate, timeouts.body_rate_window, timeouts.read,
                               self._loop.time())
         body = bytearray()
-        while self.h11.their_state is h11.SEND_BODY:
+        while self.http.their_state is h11.SEND_BODY:
             try:
                 event = await self.next_body_event(pace)
             except ChannelTimeout:
@@ -300,13 +302,13 @@ class ClientConnection(Channel):
     async def _refuse(self, error: HTTPError, request: h11.Request | None, started: float,
                       admitted: Admitted | None = None) -> bool:
         """Answer ``error``; False when the connection must close afterwards."""
-        if request is not None and not error.close and self.h11.their_state is h11.SEND_BODY:
+        if request is not None and not error.close and self.http.their_state is h11.SEND_BODY:
             # A refused request without a body can still keep the connection.
             length, chunked = check_framing(list(request.headers.raw_items()))
             if not chunked and not length:
                 self._skip_empty_body()
-        close = error.close or self.h11.their_state is not h11.DONE
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        close = error.close or self.http.their_state is not h11.DONE
+        if self.http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self.abort()
             return False
         if error.status == certpage.STATUS:

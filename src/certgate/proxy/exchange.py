@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import cast
 
 import h11
 
@@ -27,6 +28,7 @@ from certgate import metrics
 from certgate.errors import HTTPError
 from certgate.http.headers import response_headers_for_client
 from certgate.http.upgrade import WebSocketUpgrade, refuse_switch
+from certgate.http.upstream_http import ResponseHead
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.pace import BodyPace, BodyTooSlow
 from certgate.proxy.tunnel import run_tunnel
@@ -67,7 +69,8 @@ class Result:
 
 async def _pump_body(client: Channel, conn: UpstreamConnection, plan: Plan) -> None:
     """Copy the client's request body to the upstream, with backpressure."""
-    if client.h11.they_are_waiting_for_100_continue:
+    # The client side is always h11 (proxy/client.py).
+    if cast(h11.Connection, client.http).they_are_waiting_for_100_continue:
         client.send(h11.InformationalResponse(status_code=100, headers=[]))
     total = 0
     loop = asyncio.get_running_loop()
@@ -184,7 +187,7 @@ async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
 
 async def _response_head(
     conn: UpstreamConnection, plan: Plan, pump: asyncio.Task[None] | None
-) -> h11.Response | h11.InformationalResponse:
+) -> ResponseHead:
     """Wait for the final response head (or a 101); skip other 1xx.
 
     The read timeout runs from the end of the request body, not from the
@@ -210,16 +213,14 @@ async def _response_head(
         waiting = False
 
 
-async def _next_head(conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
+async def _next_head(conn: UpstreamConnection) -> ResponseHead:
     while True:
         event = await conn.next_event()
         if isinstance(event, h11.ConnectionClosed):
             raise ChannelClosed("upstream closed")
-        if isinstance(event, h11.InformationalResponse):
-            if event.status_code == 101:
-                return event
-            continue  # 100 Continue was answered by certgate; 103 is dropped
-        if isinstance(event, h11.Response):
+        if isinstance(event, ResponseHead):
+            if event.informational and event.status_code != 101:
+                continue  # 100 Continue was answered by certgate; 103 is dropped
             return event
         raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
 
@@ -228,12 +229,12 @@ async def _deliver(
     client: Channel,
     conn: UpstreamConnection,
     plan: Plan,
-    head: h11.Response | h11.InformationalResponse,
+    head: ResponseHead,
     pump: asyncio.Task[None] | None,
 ) -> Result:
-    headers = response_headers_for_client(head.headers.raw_items())
-    if isinstance(head, h11.InformationalResponse):  # 101
-        refusal = refuse_switch(plan.upgrade, head.headers.raw_items())
+    headers = response_headers_for_client(head.headers)
+    if head.status_code == 101:
+        refusal = refuse_switch(plan.upgrade, head.headers)
         if refusal is not None or plan.upgrade is None:
             # Nothing has gone to the client yet: answer 502 and close both,
             # so no byte is ever piped through a switch certgate did not check.

@@ -20,10 +20,9 @@ import asyncio
 import ssl
 from pathlib import Path
 
-import h11
-
 from certgate.config.schema import Timeouts, Upstream, UpstreamTLS
 from certgate.errors import HTTPError
+from certgate.http.upstream_http import UpstreamHTTP
 from certgate.proxy.channel import Channel
 
 # Idle connections kept per upstream (per worker). It must cover the peak
@@ -39,8 +38,10 @@ MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class UpstreamConnection(Channel):
+    http: UpstreamHTTP  # the upstream side: no h11 (see certgate.http.upstream_http)
+
     def __init__(self) -> None:
-        super().__init__(h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD))
+        super().__init__(UpstreamHTTP(MAX_RESPONSE_HEAD))
         self.idle_timer: asyncio.TimerHandle | None = None
         self.reused = False
 
@@ -125,20 +126,14 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection after a complete exchange, or close it."""
-        h = conn.h11
         # Bytes after the end of the response (an upstream that sent more
         # than its Content-Length) would be read as the next response:
         # whoever got this connection from the pool would get a 502.
-        if (conn.lost or h.our_state is not h11.DONE or h.their_state is not h11.DONE
-                or h.trailing_data[0] or conn.has_buffered_data
+        if (conn.lost or not conn.http.reusable or conn.has_buffered_data
                 or len(self._idle) >= MAX_IDLE_PER_UPSTREAM):
             conn.close()
             return
-        try:
-            h.start_next_cycle()
-        except h11.LocalProtocolError:
-            conn.close()
-            return
+        conn.http.start_next_cycle()
         conn.cancel_deadline()
         conn.idle_timer = asyncio.get_running_loop().call_later(
             self.timeouts.pool_idle, self._expire, conn)
