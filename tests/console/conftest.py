@@ -102,8 +102,9 @@ def wait_for_roles(console: Console, who: tuple[Path, Path]) -> None:
                f"{who[0].name}'s admin role to reach the proxy")
 
 
-@pytest.fixture
-def console(tmp_path: Path) -> Iterator[Console]:
+def running_console(tmp_path: Path) -> Iterator[Console]:
+    """certgate with the console, an admin (root-admin) whose role has reached
+    the proxy, and kid-tablet (family); stopped when the generator closes."""
     env = start_enrolling(tmp_path, CONFIG)
     try:
         made = Console(env, issue(env, "root-admin", "admin"),
@@ -112,3 +113,8 @@ def console(tmp_path: Path) -> Iterator[Console]:
         yield made
     finally:
         env.proxy.stop()
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Console]:
+    yield from running_console(tmp_path)

@@ -16,26 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from console.conftest import CONFIG, CONSOLE_HOST, Console, issue, wait_for_roles
+from console.conftest import CONSOLE_HOST, Console, issue, running_console, wait_for_roles
 
 from certgate.config.loader import load_config_text
 from certgate.console import guard
 from certgate.errors import ConfigError
 
-from support.enrolling import ENROLL_HOST, start_enrolling
+from support.enrolling import ENROLL_HOST
 from support.process import wait_until
 
 
 @pytest.fixture
 def console(tmp_path: Path) -> Iterator[Console]:
-    env = start_enrolling(tmp_path, CONFIG)
-    try:
-        made = Console(env, issue(env, "root-admin", "admin"),
-                       issue(env, "kid-tablet", "family"))
-        wait_for_roles(made, made.admin)
-        yield made
-    finally:
-        env.proxy.stop()
+    yield from running_console(tmp_path)
 
 
 def _still_valid(console: Console) -> None:
@@ -58,7 +51,11 @@ def test_forged_origins_are_refused(console: Console) -> None:
         (f"http://{own}", {}),                                # scheme
         (f"https://{own}/", {}),                              # not an origin at all
         (f"https://{own}, https://evil.test", {}),
-        ("null", {"sec-fetch-site": "same-origin"}),          # Origin wins over the header
+        # An opaque origin (sandboxed frame, file:, data:) is "null" and
+        # cross-site; "null" with same-origin is the console's own form under
+        # its no-referrer policy (accepted: tests/console).
+        ("null", {"sec-fetch-site": "cross-site"}),
+        ("null", {}),
         (f"https://{ENROLL_HOST}:{console.port}", {}),        # a sibling certgate name
         (None, {"sec-fetch-site": "same-site"}),
         (None, {"sec-fetch-site": "none"}),
