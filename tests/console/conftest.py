@@ -95,11 +95,13 @@ def issue(env: Enrolling, name: str, *roles: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def wait_for_roles(console: Console, who: tuple[Path, Path]) -> None:
+def wait_for_roles(console: Console, who: tuple[Path, Path], in_a_row: int = 1) -> None:
     """The proxy reads roles from the inventory about once a second: wait
-    until a certificate issued just now is let in with its role."""
-    wait_until(lambda: console.get("/", who).status_code == 200, 10,
-               f"{who[0].name}'s admin role to reach the proxy")
+    until a certificate issued just now is let in with its role. With
+    several workers each reads on its own: ask for ``in_a_row`` admissions
+    on new connections (the kernel spreads them over the workers)."""
+    wait_until(lambda: all(console.get("/", who).status_code == 200 for _ in range(in_a_row)),
+               10, f"{who[0].name}'s admin role to reach the proxy")
 
 
 def running_console(tmp_path: Path) -> Iterator[Console]:
