@@ -36,13 +36,15 @@ from pathlib import Path
 import httpx
 import pytest
 import zxingcpp
+from console.conftest import CONFIG, CONSOLE_HOST
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certgate.ca import CertificateAuthority
 
-from support.enrolling import Enrolling, start_enrolling
+from support.chromium import requested_urls
+from support.enrolling import Enrolling, running_enrolling
 from support.png import read_grey
 from support.process import wait_until
 from support.screenshots import screenshot_dir
@@ -63,17 +65,6 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
-CONFIG = """
-state_dir: {state}
-listen: ["127.0.0.1:0"]
-access_log: {{path: {log}}}
-metrics: {{listen: "off"}}
-routes:
-  - {{host: localhost, upstream: whoami}}
-  - {{host: enroll.localhost, upstream: enroll}}
-  - {{host: ca.localhost, upstream: console, client_auth: require, allow: ["role:admin"]}}
-"""
-CONSOLE_HOST = "ca.localhost"
 ADMIN = "console-admin"
 DEVICE = "anna-phone"
 DEVICE_UA = "Mozilla/5.0 (Linux; Android 14; Pixel 8) certgate-test"
@@ -122,11 +113,7 @@ def _get(env: Enrolling, who: tuple[Path, Path], host: str, path: str = "/",
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Enrolling]:
-    running = start_enrolling(tmp_path, CONFIG)
-    try:
-        yield running
-    finally:
-        running.proxy.stop()
+    yield from running_enrolling(tmp_path, CONFIG)
 
 
 @pytest.fixture
@@ -207,14 +194,6 @@ def _viewport(chrome: webdriver.Chrome, view: tuple[str, int, int, int, bool]) -
         "width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile})
 
 
-def _requested(chrome: webdriver.Chrome) -> list[str]:
-    urls = []
-    for entry in chrome.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    return urls
-
 
 class Walk:
     """The browser on the console, remembering every URL it requested."""
@@ -231,7 +210,7 @@ class Walk:
         self.note()
 
     def note(self) -> None:
-        self.requested += _requested(self.chrome)
+        self.requested += requested_urls(self.chrome)
 
     def heading(self) -> str:
         return str(self.chrome.find_element(By.TAG_NAME, "h1").text)

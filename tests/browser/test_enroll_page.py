@@ -9,7 +9,6 @@ Skipped only when chromium is not installed and CI is not true.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from support.enrolling import ENROLL_HOST, Enrolling, start_enrolling
+from support.chromium import requested_urls
+from support.enrolling import ENROLL_HOST, Enrolling, running_enrolling
 from support.screenshots import screenshot_dir
 
 CHROMIUM = shutil.which("chromium")
@@ -37,11 +37,7 @@ WIDTH, HEIGHT = 390, 844
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Enrolling]:
-    running = start_enrolling(tmp_path)
-    try:
-        yield running
-    finally:
-        running.proxy.stop()
+    yield from running_enrolling(tmp_path)
 
 
 @pytest.fixture
@@ -74,14 +70,6 @@ def driver(env: Enrolling, tmp_path: Path) -> Iterator[webdriver.Chrome]:
         chrome.quit()
 
 
-def _requested(chrome: webdriver.Chrome) -> list[str]:
-    urls = []
-    for entry in chrome.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    return urls
-
 
 def test_enrollment_page_on_a_phone(env: Enrolling, driver: webdriver.Chrome,
                                     tmp_path: Path) -> None:
@@ -112,6 +100,6 @@ def test_enrollment_page_on_a_phone(env: Enrolling, driver: webdriver.Chrome,
     assert width <= WIDTH  # nothing wider than the phone: no sideways scrolling
     driver.save_screenshot(str(images / "enroll-choose.png"))
 
-    requested = _requested(driver)
+    requested = requested_urls(driver)
     assert requested
     assert [u for u in requested if not u.startswith(origin + "/")] == []

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from support.enrolling import Enrolling, start_enrolling
+from support.enrolling import Enrolling, running_enrolling
 
 
 @pytest.fixture
 def enrolling(tmp_path: Path) -> Iterator[Enrolling]:
-    env = start_enrolling(tmp_path)
-    try:
-        yield env
-    finally:
-        env.proxy.stop()
+    yield from running_enrolling(tmp_path)

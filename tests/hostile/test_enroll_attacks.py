@@ -23,17 +23,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from certgate.ca import CertificateAuthority, Delivery
 from certgate.enroll.paths import redact
 
-from support.enrolling import ENROLL_HOST, Enrolling, start_enrolling
+from support.enrolling import ENROLL_HOST, Enrolling, running_enrolling
 from support.process import wait_until
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Enrolling]:
-    made = start_enrolling(tmp_path)
-    try:
-        yield made
-    finally:
-        made.proxy.stop()
+    yield from running_enrolling(tmp_path)
 
 
 def _raw(env: Enrolling, target: str, method: str = "GET", extra: bytes = b"") -> bytes:

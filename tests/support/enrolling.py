@@ -8,6 +8,7 @@ import re
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,12 @@ def hidden(html: str, name: str) -> str:
     match = re.search(rf'name="{name}" value="([^"]*)"', html)
     assert match, f"no hidden field {name}"
     return match.group(1)
+
+
+def running_enrolling(tmp_path: Path, config: str = CONFIG) -> Iterator[Enrolling]:
+    """:func:`start_enrolling` for a fixture: the proxy stops when it closes."""
+    env = start_enrolling(tmp_path, config)
+    try:
+        yield env
+    finally:
+        env.proxy.stop()
