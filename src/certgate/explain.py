@@ -82,7 +82,7 @@ class _Snapshot:
 
     config: Config
     routes: RouteTable
-    inventory: Mapping[int, tuple[str, ...]]
+    inventory: Mapping[str, tuple[str, ...]]
 
     def roles_for(self, identity: ClientIdentity) -> tuple[str, ...]:
         return resolve(identity, self.inventory, self.config.client_auth.roles)
@@ -219,7 +219,7 @@ def _handshake_problem(config: Config, chain: list[x509.Certificate], trust_pem:
 _UNTRUSTED = frozenset({2, 18, 19, 20, 21})
 
 
-def _builtin(config: Config) -> tuple[bytes | None, dict[int, tuple[str, ...]], str]:
+def _builtin(config: Config) -> tuple[bytes | None, dict[str, tuple[str, ...]], str]:
     """The built-in CA's bundle and inventory roles, and where they came from."""
     database = config.state_dir / "ca" / "inventory.sqlite3"
     bundle = config.state_dir / "ca" / "bundle.pem"
@@ -329,7 +329,7 @@ def explain(config: Config, url: str, method: str = "GET",
             refusal = verify_peer(identity, revocation,
                                   allow_stale=config.client_auth.stale_crl is StaleCRL.ALLOW)
         roles = snapshot.roles_for(identity)
-        builtin_roles = inventory.get(identity.serial, ()) if builtin_issued(identity) else ()
+        builtin_roles = inventory.get(identity.fingerprint, ()) if builtin_issued(identity) else ()
         ex.add("roles", f"{', '.join(roles) or 'none'} (built-in inventory: "
                         f"{', '.join(builtin_roles) or 'none'}, {inventory_note})")
 

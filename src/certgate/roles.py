@@ -5,12 +5,14 @@ Theory of operation
 Two sources, unioned:
 
 1. **The built-in CA's inventory** (``ca issue --role``, ``ca role add``):
-   serial -> roles, for certificates the built-in CA issued. The proxy polls
-   it (:mod:`certgate.watch`) and installs a snapshot; ``certgate explain``
-   reads the same table through a read-only connection. A serial is only
-   unique per issuer, so inventory roles apply only to a certificate whose
-   signature verifies under one of the built-in CA's certificates
-   (:mod:`certgate.tls.issuers`). Issuer DN and authorityKeyIdentifier are
+   certificate fingerprint -> roles, for certificates the built-in CA issued
+   or adopted. The proxy polls it (:mod:`certgate.watch`) and installs a
+   snapshot; ``certgate explain`` reads the same table through a read-only
+   connection. Inventory roles apply only to a certificate whose signature
+   verifies under one of the built-in CA's certificates
+   (:mod:`certgate.tls.issuers`), and only to the very certificate recorded
+   (SHA-256 of its DER): a serial is only unique per issuer, and an adopted
+   accidental CA may have given one serial to two devices. Issuer DN and authorityKeyIdentifier are
    not enough: another trusted CA can write both, and an attack did exactly
    that (an intermediate with the built-in CA's subject and SKI, a leaf with
    a copied serial) to get inventory roles.
@@ -51,18 +53,18 @@ def builtin_issued(identity: ClientIdentity) -> bool:
 
 def resolve(
     identity: ClientIdentity,
-    inventory: Mapping[int, tuple[str, ...]],
+    inventory: Mapping[str, tuple[str, ...]],
     rules: Iterable[RoleRule],
 ) -> tuple[str, ...]:
     """Every role ``identity`` holds: inventory roles (built-in certificates only)
     followed by config rule roles, without duplicates."""
-    out = list(inventory.get(identity.serial, ())) if builtin_issued(identity) else []
+    out = list(inventory.get(identity.fingerprint, ())) if builtin_issued(identity) else []
     out += [role for role in rule_roles(rules, identity) if role not in out]
     return tuple(out)
 
 
-def read_inventory_roles(database: Path) -> dict[int, tuple[str, ...]]:
-    """serial -> roles of every valid built-in certificate, read without writing.
+def read_inventory_roles(database: Path) -> dict[str, tuple[str, ...]]:
+    """fingerprint -> roles of every valid built-in certificate, read without writing.
 
     The query the proxy's poll runs (``Store.valid_roles``), on a read-only
     connection: SQLite may create its ``-wal``/``-shm`` side files as any

@@ -122,7 +122,7 @@ class Runtime:
         self.draining = False
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._pools: dict[int, UpstreamPool] = {}
-        self._roles: dict[int, tuple[str, ...]] = {}
+        self._roles: dict[str, tuple[str, ...]] = {}
         if ca is not None:
             self.set_roles(ca.inventory_snapshot())
         contexts.set_leaf_check(self.handshake_check)
@@ -196,8 +196,8 @@ class Runtime:
         """Inventory roles (built-in certificates only) plus config role rules."""
         return resolve_roles(identity, self._roles, self.config.client_auth.roles)
 
-    def set_roles(self, roles: dict[int, tuple[str, ...]]) -> None:
-        """Install a role snapshot (serial -> roles) read from the built-in CA."""
+    def set_roles(self, roles: dict[str, tuple[str, ...]]) -> None:
+        """Install a role snapshot (fingerprint -> roles) read from the built-in CA."""
         self._roles = roles
 
     def watched_files(self) -> tuple[Path, ...]:

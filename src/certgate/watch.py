@@ -186,7 +186,7 @@ class RevocationWatcher:
         """Re-read CRLs and roles for ``runtime``; False if a CRL was refused."""
         loop = asyncio.get_running_loop()
 
-        def build() -> tuple[RevocationIndex, dict[int, tuple[str, ...]] | None]:
+        def build() -> tuple[RevocationIndex, dict[str, tuple[str, ...]] | None]:
             # Reconciled with the index in force: no rollback, and a CRL its
             # file no longer holds stays (revocation_state); the marks are
             # saved here too, in this thread.

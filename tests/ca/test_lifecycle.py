@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 
 from certgate.ca import CertificateAuthority
-from certgate.ca.keys import serial_hex
+from certgate.ca.keys import pem_fingerprint, serial_hex
 from certgate.errors import CAError, UsageError
 
 from .conftest import Result, openssl
@@ -169,7 +169,7 @@ def test_role_add_remove(ca: CertificateAuthority, cli: Callable[..., Result]) -
     serial = serial_hex(issued.serial)
     assert cli("role", "add", "erin", "admin").code == 0
     assert listing(cli)[serial]["roles"] == ["viewer", "admin"]
-    assert ca.inventory_snapshot() == {issued.serial: ("viewer", "admin")}
+    assert ca.inventory_snapshot() == {pem_fingerprint(issued.cert_pem): ("viewer", "admin")}
     assert cli("role", "remove", serial, "viewer").code == 0
     assert listing(cli)[serial]["roles"] == ["admin"]
     assert ca.roles_for_serial(issued.serial) == ("admin",)

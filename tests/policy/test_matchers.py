@@ -220,13 +220,22 @@ def test_roles_union_builtin_only_for_builtin_issuer() -> None:
     ca = _ca("certgate CA", "builtin")
     issuers = TrustedIssuers([ca, _ca("Other CA")], builtin=[ca])
     rules = (RoleRule((parse_matcher("san:URI:spiffe://example.org/ns/ops/*"),), ("ops", "x")),)
-    inventory = {0x1F2E: ("family", "ops")}
     ours = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="builtin",
                      sans=[x509.UniformResourceIdentifier("spiffe://example.org/ns/ops/a")])
-    assert resolve(ours, inventory, rules) == ("family", "ops", "x")
     # Without an AKI the signature still decides: it is the built-in CA's.
-    assert resolve(_identity((CN, "bob"), issuer="certgate CA", aki=False, issuers=issuers,
-                             signer="builtin"), inventory, rules) == ("family", "ops")
+    no_aki = _identity((CN, "bob"), issuer="certgate CA", aki=False, issuers=issuers,
+                       signer="builtin")
+    inventory = {ours.fingerprint: ("family", "ops"), no_aki.fingerprint: ("family", "ops")}
+    assert resolve(ours, inventory, rules) == ("family", "ops", "x")
+    assert resolve(no_aki, inventory, rules) == ("family", "ops")
+    # The built-in key signed it, with the same serial, but it is not the
+    # certificate in the inventory (an adopted CA that reused a serial):
+    # rule roles only.
+    reused = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="builtin",
+                       sans=[x509.UniformResourceIdentifier("spiffe://example.org/ns/ops/b")])
+    assert reused.serial == ours.serial and reused.fingerprint != ours.fingerprint
+    assert reused.issuer is not None and reused.issuer.builtin
+    assert resolve(reused, inventory, rules) == ("ops", "x")
     # Same DN and the built-in key's AKI, signed by another key: a look-alike.
     twin = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="forger")
     assert twin.issuer is None

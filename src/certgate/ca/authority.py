@@ -423,8 +423,8 @@ class CertificateAuthority:
                 data = b""
             return audit.verify(data, s.store.audit_chain())
 
-    def inventory_snapshot(self) -> dict[int, tuple[str, ...]]:
-        """serial -> roles for every valid (unrevoked, unexpired) certificate.
+    def inventory_snapshot(self) -> dict[str, tuple[str, ...]]:
+        """fingerprint -> roles for every valid (unrevoked, unexpired) certificate.
 
         Read-only and lock-free, for the proxy to poll.
         """

@@ -8,7 +8,9 @@ client that still cannot do ECDSA.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,3 +124,13 @@ def parse_serial(text: str) -> int | None:
     if not cleaned or len(cleaned) > 40 or any(c not in "0123456789abcdef" for c in cleaned):
         return None
     return int(cleaned, 16)
+
+
+def pem_fingerprint(cert_pem: bytes) -> str:
+    """Lowercase hex SHA-256 of the DER of the (first) certificate in ``cert_pem``.
+
+    The same value as ``ClientIdentity.fingerprint``: what inventory roles and
+    last-seen rows are keyed by, because a serial is only unique per issuer,
+    and an accidental CA that certgate adopted may have used one twice.
+    """
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii"))).hexdigest()

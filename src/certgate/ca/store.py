@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from certgate.ca.keys import serial_hex
+from certgate.ca.keys import pem_fingerprint, serial_hex
 from certgate.ca.timeutil import parse_rfc3339, rfc3339
 from certgate.errors import CAError
 
@@ -342,12 +342,19 @@ class Store:
             (int(row[0], 16), parse_rfc3339(row[1]), row[2] or "unspecified") for row in rows
         ]
 
-    def valid_roles(self, now: datetime) -> dict[int, tuple[str, ...]]:
+    def valid_roles(self, now: datetime) -> dict[str, tuple[str, ...]]:
+        """Certificate fingerprint -> roles of every unrevoked, unexpired record.
+
+        Keyed by the SHA-256 of the certificate, not its serial: inventory
+        roles belong to one certificate. An adopted CA (``ca adopt``) may
+        have issued two leaves with one serial (``openssl x509 -set_serial
+        01``, twice); the one never adopted must not get the other's roles.
+        """
         rows = self.conn.execute(
-            "SELECT serial, roles FROM certificates WHERE revoked_at IS NULL AND not_after > ?",
+            "SELECT cert_pem, roles FROM certificates WHERE revoked_at IS NULL AND not_after > ?",
             (rfc3339(now),),
         )
-        return {int(row[0], 16): tuple(json.loads(row[1])) for row in rows}
+        return {pem_fingerprint(bytes(row[0])): tuple(json.loads(row[1])) for row in rows}
 
     def valid_client_expiries(self, now: datetime) -> list[tuple[str, int, str, str]]:
         """(name, serial, not_before, not_after; RFC 3339) of every client
