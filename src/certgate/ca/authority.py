@@ -19,7 +19,9 @@ from pathlib import Path
 from cryptography import x509
 
 from certgate.ca import audit, issuance, lifecycle
+from certgate.ca.adoption import Adopted, Skipped, adopt
 from certgate.ca.crl import check_reason
+from certgate.ca.importing import ImportPlan, import_ca
 from certgate.ca.issuance import Delivery, IssuedCertificate, Request
 from certgate.ca.keys import DEFAULT_KEY_TYPE, parse_serial, serial_hex
 from certgate.ca.layout import CALayout, check_name
@@ -100,6 +102,15 @@ class CertificateAuthority:
             crl_url=crl_url,
             next_update=next_update,
         )
+        return cls(layout)
+
+    @classmethod
+    def import_existing(cls, state_dir: Path, plan: ImportPlan, *,
+                        name: str | None = None) -> CertificateAuthority:
+        """Make the CA ``plan`` describes the CA of ``state_dir`` (``ca import``);
+        refuses (CAError) if one exists there."""
+        layout = CALayout(Path(state_dir))
+        import_ca(layout, plan, name=name)
         return cls(layout)
 
     @classmethod
@@ -344,6 +355,11 @@ class CertificateAuthority:
 
             s.commit("revoke", targets[0].serial, (), apply)
             return [s.store.certificate(rec.serial) or rec for rec in targets]
+
+    def adopt(self, paths: Sequence[Path], *, name: str | None = None,
+              roles: Sequence[str] = ()) -> tuple[list[Adopted], list[Skipped]]:
+        """Record leaves this CA issued before certgate (``ca adopt``)."""
+        return adopt(self.layout, paths, name=name, roles=roles)
 
     def write_crl(self, next_update: timedelta | None = None) -> int:
         """Re-sign ``crl.pem`` (number incremented); return the CRL number.

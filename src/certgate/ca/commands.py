@@ -477,6 +477,8 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     p = audit_verbs.add_parser("verify", parents=[common], help="check the hash chain")
     p.set_defaults(handler=cmd_audit_verify)
 
+    from certgate.ca.adopt_commands import add_adopt_verbs
     from certgate.enroll.commands import add_enroll_verb
 
     add_enroll_verb(verb, _lifetime_args, _ca)
+    add_adopt_verbs(verb, state_dir, _ca)

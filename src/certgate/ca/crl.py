@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certgate.ca.keys import PrivateKey, signature_hash
+from certgate.ca.profiles import authority_key_id
 from certgate.errors import UsageError
 
 DEFAULT_NEXT_UPDATE = timedelta(days=7)
@@ -71,9 +72,7 @@ def build_crl(
         .last_update(now)
         .next_update(now + next_update)
         .add_extension(x509.CRLNumber(number), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
-        )
+        .add_extension(authority_key_id(issuer, issuer_key), False)
     )
     for item in sorted(revocations, key=lambda r: r.serial):
         entry = x509.RevokedCertificateBuilder().serial_number(item.serial).revocation_date(

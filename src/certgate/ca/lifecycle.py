@@ -51,7 +51,7 @@ class RotationResult:
     offline_files: tuple[Path, ...]
 
 
-def _record_authority(s: Session, cert: x509.Certificate, role: str, *, key_file: str | None,
+def record_authority(s: Session, cert: x509.Certificate, role: str, *, key_file: str | None,
                       issuer: bool) -> None:
     """Add a CA certificate (root, intermediate or cross) to the inventory."""
     s.store.add_authority(
@@ -153,9 +153,9 @@ def init_ca(
                 settings["crl_next_update"] = str(int(next_update.total_seconds()))
             for key, value in settings.items():
                 s.store.put(key, value)
-            _record_authority(s, root, "root", key_file=root_key_file, issuer=single_tier)
+            record_authority(s, root, "root", key_file=root_key_file, issuer=single_tier)
             if intermediate is not None:
-                _record_authority(s, intermediate, "intermediate",
+                record_authority(s, intermediate, "intermediate",
                                   key_file=_intermediate_key_name(intermediate), issuer=True)
             s.audit(
                 "init",
@@ -198,6 +198,12 @@ def rotate(
     """Issue a new intermediate (and with ``new_root`` a new, cross-signed root)."""
     with session(layout) as s:
         single_tier = s.store.get("single_tier") == "1"
+        # An imported single-tier CA (ca import of an openssl root) moves to
+        # two tiers on its first rotation: a certgate-made intermediate under
+        # the imported root, or under a new root it cross-signs (--root).
+        leave_single_tier = single_tier and s.store.get("imported") is not None
+        if leave_single_tier:
+            single_tier = False
         if single_tier and not new_root:
             raise UsageError("a single-tier CA has no intermediate to rotate; use --root")
         old_root_auth = s.store.active("root")
@@ -241,14 +247,18 @@ def rotate(
             if new_root:
                 generation = int(s.store.get("root_generation", "1") or "1") + 1
                 s.store.put("root_generation", str(generation))
-                _record_authority(s, root_cert, "root", key_file=root_key_name, issuer=single_tier)
+                record_authority(s, root_cert, "root", key_file=root_key_name, issuer=single_tier)
             if cross is not None:
-                _record_authority(s, cross, "cross", key_file=None, issuer=False)
+                record_authority(s, cross, "cross", key_file=None, issuer=False)
             if intermediate is not None:
                 generation = int(s.store.get("intermediate_generation", "1") or "1") + 1
                 s.store.put("intermediate_generation", str(generation))
-                _record_authority(s, intermediate, "intermediate",
+                record_authority(s, intermediate, "intermediate",
                                   key_file=_intermediate_key_name(intermediate), issuer=True)
+            if leave_single_tier:
+                s.store.put("single_tier", "0")
+                if not new_root:
+                    s.store.keep_as_root(old_root_auth.serial)
             s.store.put("derived_stale", "1")
             s.audit(
                 "rotate",

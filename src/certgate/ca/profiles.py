@@ -19,6 +19,7 @@ new CAs overlap after a rotation.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ def _ca_extensions(
     public_key: CertificatePublicKeyTypes,
     issuer_key: PrivateKey,
     path_length: int | None,
+    issuer: x509.Certificate | None = None,
 ) -> x509.CertificateBuilder:
     return (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
@@ -79,10 +81,24 @@ def _ca_extensions(
             True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
-        )
+        .add_extension(authority_key_id(issuer, issuer_key), False)
     )
+
+
+def authority_key_id(issuer: x509.Certificate | None, issuer_key: PrivateKey
+                     ) -> x509.AuthorityKeyIdentifier:
+    """The AKI of what ``issuer`` signs: its own subjectKeyIdentifier when it has one.
+
+    certgate's CA certificates compute the SKI from the key (RFC 5280 method
+    1), so both ways agree for them; an imported CA may use another method
+    (or a random value), and a certificate's AKI must equal its issuer's SKI
+    for chain building by key identifier to find the issuer.
+    """
+    if issuer is not None:
+        with contextlib.suppress(x509.ExtensionNotFound):
+            ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
 
 
 def build_root(key: PrivateKey, subject: x509.Name, now: datetime) -> x509.Certificate:
@@ -117,7 +133,7 @@ def build_cross(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(min(new_root.not_valid_after_utc, old_root.not_valid_after_utc))
     )
-    builder = _ca_extensions(builder, new_root.public_key(), old_key, None)
+    builder = _ca_extensions(builder, new_root.public_key(), old_key, None, old_root)
     return builder.sign(old_key, signature_hash(old_key))
 
 
@@ -138,7 +154,7 @@ def build_intermediate(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(min(now + INTERMEDIATE_LIFETIME, root.not_valid_after_utc))
     )
-    builder = _ca_extensions(builder, key.public_key(), root_key, 0)
+    builder = _ca_extensions(builder, key.public_key(), root_key, 0, root)
     return builder.sign(root_key, signature_hash(root_key))
 
 
@@ -194,9 +210,7 @@ def build_leaf(
         )
         .add_extension(x509.ExtendedKeyUsage([eku]), False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(spec.public_key), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
-        )
+        .add_extension(authority_key_id(issuer, issuer_key), False)
     )
     if spec.sans:
         # RFC 5280 4.2.1.6: critical only when the subject is empty.

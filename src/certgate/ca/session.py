@@ -215,8 +215,15 @@ class Session:
             if record:
                 self.audit("crl", crl_number=number)
         crls = []
-        for authority in self.live():
-            if not authority.issuer or authority.key_file is None:
+        # The current issuer's CRL first: ``openssl crl -in crl.pem`` reads
+        # only the first, and it is the one an admin means.
+        for authority in sorted(self.live(), key=lambda a: not (a.issuer and a.active)):
+            if authority.key_file is None:
+                continue
+            # An issuer, past or present; or a root that issued leaves before
+            # an intermediate took over (an imported single-tier CA rotated):
+            # its leaves stay valid, so their revocations must stay published.
+            if not authority.issuer and not self.store.has_issued(authority.serial):
                 continue
             entries = [
                 Revocation(serial, when, reason)

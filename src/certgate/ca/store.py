@@ -244,6 +244,19 @@ class Store:
             ),
         )
 
+    def keep_as_root(self, serial: int) -> None:
+        """A root that issued leaves directly (single tier) hands issuing to an
+        intermediate: still the active root, no longer the issuer. It keeps
+        signing a CRL for its leaves (``has_issued``)."""
+        self.conn.execute("UPDATE authorities SET issuer = 0, active = 1 WHERE serial = ?",
+                          (serial_hex(serial),))
+
+    def has_issued(self, serial: int) -> bool:
+        """Whether any inventory certificate names CA ``serial`` as its issuer."""
+        row = self.conn.execute("SELECT 1 FROM certificates WHERE issuer_serial = ? LIMIT 1",
+                                (serial_hex(serial),)).fetchone()
+        return row is not None
+
     def authorities(self) -> list[Authority]:
         rows = self.conn.execute("SELECT * FROM authorities ORDER BY created, rowid")
         return [_authority_from_row(row) for row in rows]
