@@ -12,7 +12,7 @@ import pytest
 
 from certgate.ca import CertificateAuthority
 from certgate.ca.keys import serial_hex
-from certgate.ca.listing import stale_devices
+from certgate.ca.listing import fingerprint, match_sightings, stale_devices
 from certgate.ca.timeutil import utcnow
 from certgate.lastseen import (
     FLUSH_INTERVAL,
@@ -28,24 +28,25 @@ from certgate.lastseen import (
 )
 
 from .conftest import Result
+from support.sightings import identity, seen_of
 
 
 def _seen(serial: int, when: str, at: float, agent: str = "ua") -> Seen:
-    return Seen(serial, when, "192.0.2.7", agent, "phone.example/", at)
+    return seen_of(serial, f"{serial:064x}", when, at, agent)
 
 
 def test_the_newest_sighting_wins_whatever_the_order_of_flushes(tmp_path: Path) -> None:
     write_batch(tmp_path, [_seen(1, "2026-01-01T10:00:00Z", 100.5, "newer")])
-    # Another worker flushes an older sighting of the same serial afterwards,
-    # even one in the same second.
+    # Another worker flushes an older sighting of the same certificate
+    # afterwards, even one in the same second.
     write_batch(tmp_path, [_seen(1, "2026-01-01T10:00:00Z", 100.2, "older")])
-    assert read_seen(tmp_path)[1].user_agent == "newer"
+    assert read_seen(tmp_path).of(f"{1:064x}", 1).user_agent == "newer"  # type: ignore[union-attr]
     write_batch(tmp_path, [_seen(1, "2026-01-01T10:00:01Z", 101.0, "newest")])
-    assert read_seen(tmp_path)[1].user_agent == "newest"
+    assert read_seen(tmp_path).of(f"{1:064x}", 1).user_agent == "newest"  # type: ignore[union-attr]
 
 
 def test_nothing_recorded_reads_as_empty(tmp_path: Path) -> None:
-    assert read_seen(tmp_path) == {}
+    assert not read_seen(tmp_path)
     assert write_batch(tmp_path, []) == 0
     assert not (tmp_path / "lastseen.sqlite3").exists()
 
@@ -55,25 +56,36 @@ def test_recorder_batches_reads_user_agent_later_and_keeps_newer_on_put_back(
     recorder = Recorder()
     request = h11.Request(method="GET", target="/", headers=[
         ("Host", "x"), ("User-Agent", "Immich/1.1")])
-    recorder.note(7, "192.0.2.1", request, "r/")
-    recorder.note(7, "192.0.2.2", None, "r/")  # the newer use replaces the older
+    phone = identity("phone")
+    recorder.note(phone, "192.0.2.1", request, "r/")
+    recorder.note(phone, "192.0.2.2", None, "r/")  # the newer use replaces the older
     batch = recorder.take()
     assert len(recorder) == 0
     assert len(batch) == 1
-    recorder.note(7, "192.0.2.3", request, "r/")  # newer than the batch
+    recorder.note(phone, "192.0.2.3", request, "r/")  # newer than the batch
     recorder.put_back(batch)  # a failed flush gives it back: the newer stays
-    assert recorder.take()[7][1] == "192.0.2.3"
-    assert flush(tmp_path, {8: (time.time(), "192.0.2.9", request, "a/")}) == 1
-    assert read_seen(tmp_path)[8].user_agent == "Immich/1.1"
+    assert recorder.take()[phone.fingerprint][1] == "192.0.2.3"
+    other = identity("other")
+    assert flush(tmp_path, {other.fingerprint: (time.time(), "192.0.2.9", request, "a/",
+                                                other)}) == 1
+    stored = read_seen(tmp_path).of(other.fingerprint, other.serial)
+    assert stored is not None
+    assert stored.user_agent == "Immich/1.1"
+    assert (stored.cn, stored.serial, stored.fingerprint) == ("other", other.serial,
+                                                               other.fingerprint)
 
 
 def test_recorder_is_bounded_but_keeps_updating_what_it_holds() -> None:
     recorder = Recorder()
-    for serial in range(MAX_PENDING + 50):
-        recorder.note(serial, "ip", None, "r")
+    first = identity("first")
+    recorder.note(first, "ip", None, "r")
+    # Identities differ only in their fingerprint as far as the recorder
+    # cares: copies of one with other fingerprints stand in for 10,000 leaves.
+    for number in range(MAX_PENDING + 50):
+        recorder.note(identity("first", fingerprint=f"{number:064x}"), "ip", None, "r")
     assert len(recorder) == MAX_PENDING
-    recorder.note(0, "newer", None, "r")
-    assert recorder.take()[0][1] == "newer"
+    recorder.note(first, "newer", None, "r")
+    assert recorder.take()[first.fingerprint][1] == "newer"
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -113,11 +125,17 @@ def test_stale_judges_a_device_by_any_of_its_certificates(
     long_ago = now - timedelta(days=40)
     stamp = long_ago.strftime("%Y-%m-%dT%H:%M:%SZ")
     fresh = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    write_batch(state, [_seen(old.serial, fresh, now.timestamp()),
-                        _seen(recent.serial, fresh, now.timestamp()),
-                        _seen(away.serial, stamp, long_ago.timestamp())])
     inventory = ca.certificates()
-    stale = stale_devices(inventory.records, read_seen(state), now, timedelta(days=30))
+    by_serial = {rec.serial: rec for rec in inventory.records}
+
+    def sighting(serial: int, when: str, at: float) -> Seen:
+        return seen_of(serial, fingerprint(by_serial[serial]), when, at)
+
+    write_batch(state, [sighting(old.serial, fresh, now.timestamp()),
+                        sighting(recent.serial, fresh, now.timestamp()),
+                        sighting(away.serial, stamp, long_ago.timestamp())])
+    seen = match_sightings(inventory.records, read_seen(state))
+    stale = stale_devices(inventory.records, seen, now, timedelta(days=30))
     assert [(d.name, d.seen is None) for d in stale] == [("tablet", False)]
     ca.issue_client("spare", days=30)  # issued, never installed
     result = cli("list", "--stale", "30d", "--json")

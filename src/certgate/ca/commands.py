@@ -248,9 +248,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     from certgate.ca import listing
     from certgate.lastseen import read_seen
 
+    if args.unknown and (args.stale or args.role or args.expiring):
+        raise UsageError("--unknown lists certificates outside the inventory: it does not "
+                         "combine with --stale, --role or --expiring")
     ca = _ca(args)
     inventory = ca.certificates()
-    seen = read_seen(ca.state_dir)
+    sightings = read_seen(ca.state_dir)
+    if args.unknown:
+        unknown = listing.unknown_rows(inventory.records, sightings)
+        if args.json:
+            json.dump(unknown, sys.stdout, indent=2)
+            print()
+        else:
+            listing.print_unknown(unknown)
+        return 0
+    seen = listing.match_sightings(inventory.records, sightings)
     now = inventory.now
     horizon = now + parse_duration(args.expiring) if args.expiring else None
     if args.stale:
@@ -258,7 +270,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                                         parse_duration(args.stale))
         pairs = [(device.current, device.seen) for device in devices]
     else:
-        pairs = [(rec, seen.get(rec.serial)) for rec in inventory.records]
+        pairs = [(rec, seen.get(listing.fingerprint(rec))) for rec in inventory.records]
     rows: list[dict[str, Any]] = []
     for rec, sighting in pairs:
         status = rec.status(now)
@@ -284,9 +296,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     ca = _ca(args)
     inventory = ca.certificates()
-    seen = read_seen(ca.state_dir)
+    seen = listing.match_sightings(inventory.records, read_seen(ca.state_dir))
     history = [rec for rec in inventory.records if rec.name == args.name]
-    rows = [listing.detail_row(rec, inventory.now, seen.get(rec.serial)) for rec in history]
+    rows = [listing.detail_row(rec, inventory.now, seen.get(listing.fingerprint(rec)))
+            for rec in history]
     listing.print_show(args.name, rows, listing.device_of(history, seen), args.json)
     return 0
 
@@ -431,6 +444,11 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         "--stale", metavar="DUR",
         help="only devices (names) with a valid certificate not seen through the proxy "
         "for DUR, e.g. 30d; never-seen ones included",
+    )
+    p.add_argument(
+        "--unknown", action="store_true",
+        help="instead: certificates signed by the built-in CA that the proxy has seen "
+        "but the inventory does not hold (to adopt), newest first",
     )
 
     p = verb("show", cmd_show, "every certificate of NAME, and when it was last seen")

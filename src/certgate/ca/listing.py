@@ -2,9 +2,16 @@
 
 The inventory (``ca/inventory.sqlite3``) says what was issued; the proxy's
 last-seen file (``STATE/lastseen.sqlite3``, :mod:`certgate.lastseen`) says
-what is used. Both are read here, read-only, and joined by serial. The row
-building and the staleness decision are pure functions over records, so
-they are tested without a CLI.
+what is used. Both are read here, read-only, and joined by the
+certificate's SHA-256 fingerprint (:func:`match_sightings`), never by serial
+alone: an adopted CA may have issued many leaves with one serial, and a use
+of one must not show as a use of another. The row building and the
+staleness decision are pure functions over records, so they are tested
+without a CLI.
+
+``ca list --unknown`` is the other side of the join: certificates the
+built-in CA's key signed, seen by the proxy, that no inventory record is
+(:func:`unknown_rows`): the devices an adopted CA's inventory still lacks.
 
 A *device* is a name: renewing it changes the serial, not the device. So
 ``--stale`` judges a name by the newest use of any of its certificates, and
@@ -13,14 +20,17 @@ lists it with its current certificate; never-seen devices are listed too
 installed is exactly what the inventory advice wants found.
 
 Everything printed to a terminal goes through :func:`certgate.lastseen.printable`:
-a User-Agent is client-chosen text.
+a User-Agent is client-chosen text, an unknown certificate's subject is
+whatever its issuer wrote.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,17 +43,56 @@ from certgate.ca.keys import serial_hex
 from certgate.ca.store import CertRecord
 from certgate.ca.timeutil import rfc3339
 from certgate.errors import CAError
-from certgate.lastseen import Seen, printable
+from certgate.lastseen import Seen, Sightings, printable
 
 __all__ = [
+    "NO_UNKNOWN",
     "Device",
     "certificate_row",
     "detail_row",
     "device_of",
+    "fingerprint",
+    "match_sightings",
     "print_show",
     "print_table",
+    "print_unknown",
     "stale_devices",
+    "unknown_rows",
 ]
+
+#: What ``ca list --unknown`` prints when there is nothing to list: an empty
+#: table would not say that older sightings were never recorded this way.
+NO_UNKNOWN = ("no unknown certificates seen (only certificates presented to this proxy "
+              "since certgate began recording fingerprints are listed)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _pem_fingerprint(cert_pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def fingerprint(rec: CertRecord) -> str:
+    """Lowercase hex SHA-256 of the record's certificate (DER), as the proxy keys it."""
+    return _pem_fingerprint(rec.cert_pem)
+
+
+def match_sightings(records: Iterable[CertRecord], sightings: Sightings) -> dict[str, Seen]:
+    """Record fingerprint -> its newest sighting, for the records seen at all.
+
+    By fingerprint first; a record without one falls back to the old
+    serial-keyed table only if no other record has its serial (an old row
+    cannot say which of two such certificates it saw, so neither gets it).
+    """
+    records = list(records)
+    serials = Counter(rec.serial for rec in records)
+    out: dict[str, Seen] = {}
+    for rec in records:
+        key = fingerprint(rec)
+        found = sightings.of(key, rec.serial, legacy=serials[rec.serial] == 1)
+        if found is not None:
+            out[key] = found
+    return out
 
 
 def _seen_fields(seen: Seen | None) -> dict[str, str | None]:
@@ -98,13 +147,16 @@ class Device:
     seen: Seen | None
 
 
-def device_of(records: Sequence[CertRecord], seen: Mapping[int, Seen]) -> Seen | None:
-    """The newest sighting of any of ``records`` (one name's history)."""
-    found = [seen[rec.serial] for rec in records if rec.serial in seen]
+def device_of(records: Sequence[CertRecord], seen: Mapping[str, Seen]) -> Seen | None:
+    """The newest sighting of any of ``records`` (one name's history).
+
+    ``seen`` is :func:`match_sightings` of the inventory.
+    """
+    found = [seen[key] for key in map(fingerprint, records) if key in seen]
     return max(found, key=lambda s: (s.last_seen, s.at), default=None)
 
 
-def stale_devices(records: Iterable[CertRecord], seen: Mapping[int, Seen], now: datetime,
+def stale_devices(records: Iterable[CertRecord], seen: Mapping[str, Seen], now: datetime,
                   age: timedelta) -> list[Device]:
     """Client devices with a valid certificate, not seen since ``now - age``.
 
@@ -128,10 +180,54 @@ def stale_devices(records: Iterable[CertRecord], seen: Mapping[int, Seen], now: 
     return out
 
 
+def unknown_rows(records: Iterable[CertRecord], sightings: Sightings) -> list[dict[str, Any]]:
+    """``ca list --unknown --json``: certificates seen that no record is, newest first.
+
+    Known means the exact certificate (its fingerprint) is in the inventory,
+    whatever its status: a revoked or expired record is known. Another
+    certificate with a known serial or subject is still unknown.
+    """
+    known = {fingerprint(rec) for rec in records}
+    return [
+        {
+            "serial": serial_hex(seen.serial),
+            "fingerprint": seen.fingerprint,
+            "subject": seen.subject,
+            "cn": seen.cn,
+            "issuer": seen.issuer,
+            "not_after": seen.not_after,
+            **_seen_fields(seen),
+        }
+        for seen in sightings.unknown(known)
+    ]
+
+
+def print_unknown(rows: Sequence[Mapping[str, Any]]) -> None:
+    """``ca list --unknown``: one line per certificate, or :data:`NO_UNKNOWN`."""
+    if not rows:
+        print(NO_UNKNOWN)
+        return
+    _print_columns(
+        ("SERIAL", "SUBJECT", "ISSUER", "NOT AFTER", "LAST SEEN", "IP", "USER AGENT"),
+        [(row["serial"], row["cn"] or row["subject"] or "-", row["issuer"] or "-",
+          row["not_after"] or "-", row["last_seen"], row["last_ip"] or "-",
+          row["last_user_agent"] or "-") for row in rows])
+
+
+def _print_columns(header: tuple[str, ...], lines: Sequence[Sequence[str]]) -> None:
+    # Widths of what is printed, i.e. after escaping: an escaped cell is
+    # longer than the raw one.
+    table = [[printable(cell) for cell in line] for line in (header, *lines)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(width)
+                        for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
 def print_table(rows: Sequence[Mapping[str, Any]]) -> None:
     header = ("NAME", "KIND", "SERIAL", "ROLES", "NOT BEFORE", "NOT AFTER", "STATUS",
               "LAST SEEN")
-    table = [header] + [
+    _print_columns(header, [
         (
             row["name"],
             row["kind"],
@@ -144,11 +240,7 @@ def print_table(rows: Sequence[Mapping[str, Any]]) -> None:
             _seen_cell(row),
         )
         for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        cells = (printable(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
+    ])
 
 
 def _seen_cell(row: Mapping[str, Any]) -> str:

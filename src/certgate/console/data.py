@@ -18,6 +18,7 @@ from cryptography import x509
 from certgate.ca import enrollments
 from certgate.ca.audit import AuditError
 from certgate.ca.authority import CertificateAuthority
+from certgate.ca.listing import match_sightings
 from certgate.ca.store import CertRecord
 from certgate.errors import CAError
 from certgate.lastseen import Seen, read_seen
@@ -47,13 +48,14 @@ class CRLFacts:
 class Snapshot:
     now: datetime
     records: tuple[CertRecord, ...]
-    seen: dict[int, Seen]
+    seen: dict[str, Seen]  # record fingerprint -> sighting (ca.listing.match_sightings)
     enrollments: tuple[enrollments.Enrollment, ...]
 
 
 def snapshot(ca: CertificateAuthority) -> Snapshot:
     inventory = ca.certificates()
-    return Snapshot(inventory.now, inventory.records, read_seen(ca.state_dir),
+    return Snapshot(inventory.now, inventory.records,
+                    match_sightings(inventory.records, read_seen(ca.state_dir)),
                     tuple(enrollments.listing(ca)))
 
 

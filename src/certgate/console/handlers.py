@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, quote
 
 from certgate.ca import enrollments
 from certgate.ca.crl import REASONS
-from certgate.ca.listing import detail_row
+from certgate.ca.listing import detail_row, fingerprint
 from certgate.ca.timeutil import rfc3339
 from certgate.console import data, pages, views
 from certgate.console.service import AdminRequest, ConsoleService, form_fields
@@ -117,7 +117,7 @@ async def device_page(service: ConsoleService, request: AdminRequest,
         if not found:
             return None
         device = found[0]
-        certificates = [detail_row(rec, snap.now, snap.seen.get(rec.serial))
+        certificates = [detail_row(rec, snap.now, snap.seen.get(fingerprint(rec)))
                         for rec in reversed(device.certificates)]
         history = [_entry(e) for e in views.device_history(data.audit_entries(ca), name)]
         pending = [e for e in snap.enrollments if e.name == name and e.state == "pending"]

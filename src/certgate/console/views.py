@@ -66,7 +66,7 @@ class Device:
         return self.seen is None or self.seen.last_seen < rfc3339(now - window)
 
 
-def devices(records: Iterable[CertRecord], seen: Mapping[int, Seen],
+def devices(records: Iterable[CertRecord], seen: Mapping[str, Seen],
             now: datetime) -> list[Device]:
     """Every client device, in the order its name was first issued."""
     by_name: dict[str, list[CertRecord]] = {}

@@ -173,7 +173,7 @@ class ClientConnection(Channel):
                 and identity.issuer is not None and identity.issuer.builtin:
             # Last seen (certgate.lastseen): one dict assignment; a refused
             # certificate (revoked, expired) was not "used".
-            recorder.note(identity.serial, self.info.peer_ip, request,
+            recorder.note(identity, self.info.peer_ip, request,
                           admitted.route.name if admitted is not None else
                           (error.route if error is not None and error.route else "-"))
         self.runtime.access_log.request(self.info, self.identity, request, admitted, status,
