@@ -179,8 +179,6 @@ def test_a_leaf_with_a_known_serial_has_a_last_seen_of_its_own(
     assert shown["last_user_agent"] == "phone-1"
 
 
-@pytest.mark.skip(reason="needs the inventory roles keyed by fingerprint (main 698c877); "
-                         "passes once that is merged into this branch: remove this mark")
 def test_a_leaf_with_a_known_serial_gets_no_inventory_roles(
         site: Site, start_certgate: Any) -> None:
     site.leaf("twin", "phone", serial=site.phone_serial)

@@ -233,8 +233,10 @@ def test_roles_union_builtin_only_for_builtin_issuer() -> None:
     # rule roles only.
     reused = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="builtin",
                        sans=[x509.UniformResourceIdentifier("spiffe://example.org/ns/ops/b")])
-    assert reused.serial == ours.serial and reused.fingerprint != ours.fingerprint
-    assert reused.issuer is not None and reused.issuer.builtin
+    assert reused.serial == ours.serial
+    assert reused.fingerprint != ours.fingerprint
+    assert reused.issuer is not None
+    assert reused.issuer.builtin
     assert resolve(reused, inventory, rules) == ("ops", "x")
     # Same DN and the built-in key's AKI, signed by another key: a look-alike.
     twin = _identity((CN, "bob"), issuer="certgate CA", issuers=issuers, signer="forger")

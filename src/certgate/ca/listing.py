@@ -39,7 +39,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certgate.ca.keys import serial_hex
+from certgate.ca.keys import pem_fingerprint, serial_hex
 from certgate.ca.store import CertRecord
 from certgate.ca.timeutil import rfc3339
 from certgate.errors import CAError
@@ -68,8 +68,7 @@ NO_UNKNOWN = ("no unknown certificates seen (only certificates presented to this
 
 @functools.lru_cache(maxsize=4096)
 def _pem_fingerprint(cert_pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    return pem_fingerprint(cert_pem)
 
 
 def fingerprint(rec: CertRecord) -> str:
