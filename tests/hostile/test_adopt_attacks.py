@@ -523,3 +523,52 @@ def test_serial_twin_gets_no_roles_and_shares_revocation(
     assert "verify OK" in checked.stderr + checked.stdout, checked
     assert "Serial Number: 01" in checked.stdout
 
+
+
+def test_an_rsa1024_ca_is_warned_about_and_fails_closed(tmp_path: Path,
+                                                        start_certgate) -> None:  # type: ignore[no-untyped-def]
+    """What the import warning promises: OpenSSL (security level 2) refuses an
+    RSA-1024 CA, so a certgate serving with it admits nobody, adopted or not,
+    and says why in its log; nothing gets in on the weak key."""
+    recipe = make_recipe_ca(tmp_path / "old", leaves=("phone",), key="rsa:1024")
+    state = tmp_path / "state"
+    imported = ok(state, "import", "--cert", recipe.cert, "--key", recipe.key)
+    assert "RSA key of 1024 bits" in imported.err
+    ok(state, "adopt", recipe.leaf("phone")[0], "--role", "admin")
+    proxy = start_certgate(f"""
+state_dir: {state}
+listen: ["127.0.0.1:0"]
+client_auth: {{trusted_cas: [builtin], crls: [builtin]}}
+routes:
+  - {{host: localhost, upstream: whoami}}
+""")
+    cert, key = recipe.leaf("phone")
+    ctx = client_context(recipe.cert, cert, key)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # the client would accept the weak chain
+    assert _get(proxy.port, ctx, "/")[0] == "refused"
+    wait_until(lambda: "CA_KEY_TOO_SMALL" in "".join(proxy.stderr_lines), 5,
+               "the log to say why")
+
+
+def test_a_chain_loop_is_refused() -> None:
+    """Two CA certificates that each sign the other: no root, refused."""
+    from certgate.ca.importing import plan_import
+    from certgate.errors import UsageError
+
+    a_key, b_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    a_name, b_name = name("Loop A"), name("Loop B")
+
+    def ca_cert(subject: x509.Name, key: object, issuer: x509.Name, signer: object
+                ) -> x509.Certificate:
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                .public_key(key.public_key())  # type: ignore[attr-defined]
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(NOW - dt.timedelta(days=1))
+                .not_valid_after(NOW + dt.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                .sign(signer, hashes.SHA256()))  # type: ignore[arg-type]
+
+    a = ca_cert(a_name, a_key, b_name, b_key)
+    b = ca_cert(b_name, b_key, a_name, a_key)
+    with pytest.raises(UsageError, match="not a self-signed root"):
+        plan_import([a], a_key, [b], NOW)
