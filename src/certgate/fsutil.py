@@ -10,7 +10,9 @@ old file or the new one, never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -79,3 +81,44 @@ def make_missing_dirs(path: str | os.PathLike[str]) -> list[Path]:
             os.chmod(directory, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
             created.append(directory)
     return created
+
+
+#: What :func:`read_input` reads of a certificate or key file someone names:
+#: a bundle of thousands of certificates fits, ``/dev/zero`` does not.
+MAX_INPUT_BYTES = 16 << 20
+
+
+def read_input(path: str | os.PathLike[str], limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of a file named on the command line, bounded and without hanging.
+
+    A regular file or a pipe (``--key-password-file <(pass ca)``), at most
+    ``limit`` bytes. The open never blocks: a FIFO nobody writes reads as
+    empty instead of waiting forever; a device (``/dev/zero``) or anything
+    else is refused. Errors are OSError with a ``strerror`` fit for a
+    one-line message.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a directory")
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            raise OSError(errno.EINVAL, "not a regular file or pipe")
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        # A pipe with a writer: wait for its data (a FIFO without one has
+        # already read as end of file).
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -18,6 +18,8 @@ from certgate.ca.importing import KeyEncrypted, plan_import, read_certificates, 
 from certgate.ca.keys import PrivateKey, serial_hex
 from certgate.ca.timeutil import utcnow
 from certgate.errors import UsageError
+from certgate.fsutil import read_input
+from certgate.lastseen import printable
 
 Verb = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
@@ -27,12 +29,10 @@ MAX_PASSWORD_BYTES = 4096
 
 def _password(path: str) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_PASSWORD_BYTES + 1)
+        # Bounded, and a FIFO nobody writes reads as empty instead of hanging.
+        data = read_input(path, MAX_PASSWORD_BYTES)
     except OSError as exc:
         raise UsageError(f"--key-password-file {path}: cannot read it: {exc.strerror}") from None
-    if len(data) > MAX_PASSWORD_BYTES:
-        raise UsageError(f"--key-password-file {path} is longer than {MAX_PASSWORD_BYTES} bytes")
     # One trailing newline is the file's, not the password's (echo pw > file).
     return data.removesuffix(b"\n").removesuffix(b"\r")
 
@@ -71,11 +71,15 @@ def cmd_import(args: argparse.Namespace, state: Path) -> int:
 
 def cmd_adopt(args: argparse.Namespace, ca: CertificateAuthority) -> int:
     adopted, skipped = ca.adopt([Path(p) for p in args.certs], name=args.name, roles=args.role)
+    # A scanned directory's file names are anyone's choosing: escaped, so an
+    # ESC in one cannot retitle or clear the admin's terminal.
     for item in adopted:
         print(f"adopted {item.name} ({serial_hex(item.serial)}), roles "
-              f"{', '.join(item.roles) or '-'}, until {item.not_after.date()}: {item.source}")
+              f"{', '.join(item.roles) or '-'}, until {item.not_after.date()}: "
+              f"{printable(str(item.source))}")
     for skip in skipped:
-        print(f"skipped {skip.source}: {skip.reason}", file=sys.stderr)
+        print(f"skipped {printable(str(skip.source))}: {printable(skip.reason)}",
+              file=sys.stderr)
     if not adopted:
         print("nothing adopted", file=sys.stderr)
         return 1

@@ -44,6 +44,7 @@ from certgate.ca.profiles import CLIENT_LIFETIME, san_strings
 from certgate.ca.session import pem, session
 from certgate.ca.store import Authority, CertRecord
 from certgate.errors import UsageError
+from certgate.fsutil import read_input
 from certgate.tls.identity import check_client_certificate_profile
 
 #: File names a directory scan looks at; everything else there is skipped
@@ -83,7 +84,7 @@ class Skipped:
 
 
 def _read(path: Path) -> list[x509.Certificate]:
-    data = path.read_bytes()
+    data = read_input(path)
     if b"-----BEGIN CERTIFICATE" in data:
         return x509.load_pem_x509_certificates(data)
     if b"-----BEGIN" in data:
@@ -109,7 +110,9 @@ def collect(paths: Sequence[Path]) -> tuple[list[Candidate], list[Skipped]]:
             for file in files:
                 try:
                     found += [Candidate(file, c, scanned=True) for c in _read(file)]
-                except (OSError, ValueError):
+                except OSError as exc:
+                    skipped.append(Skipped(file, f"cannot read it: {exc.strerror}"))
+                except ValueError:
                     skipped.append(Skipped(file, "not a certificate"))
             continue
         try:
@@ -143,6 +146,13 @@ def adoption_problem(
     if issuer is None:
         return ("no CA certificate of this CA signed it (checked by signature; the "
                 f"issuer name {cert.issuer.rfc4514_string()!r} alone proves nothing)")
+    if issuer.key_file is None:
+        # An imported intermediate's root (or an offline root): certgate has
+        # its certificate, not its key, so it can sign no CRL for it, and
+        # 'ca revoke' would report a revocation the proxy never sees.
+        return (f"the {issuer.role} {serial_hex(issuer.serial)} signed it, and certgate "
+                "does not hold that CA's key: it could not revoke this certificate (no CRL "
+                "of that CA); reissue this device from the current CA instead")
     profile = check_client_certificate_profile(cert)
     if profile is not None:
         return f"not a client certificate: {profile}"
@@ -156,6 +166,23 @@ def adoption_problem(
                 "one serial, and a CRL could not revoke one without the other; reissue "
                 "this device instead")
     return issuer
+
+
+def _name_taken(current: Sequence[CertRecord], leaf: str, taken: set[str]) -> str | None:
+    """Why ``leaf`` cannot name one more certificate, or None.
+
+    Role changes and revocations by name act on every valid certificate of
+    that name, so a stray leaf whose CN is a device's name (an old copy,
+    someone else's) would share every role that device is given later.
+    ``ca issue`` refuses a taken name the same way.
+    """
+    if leaf in taken:
+        return f"another certificate given here is adopted as {leaf!r}; give --name NAME"
+    for record in current:
+        if record.superseded_by is None:
+            return (f"the name {leaf!r} is taken by certificate "
+                    f"{serial_hex(record.serial)}; adopt this one with --name NAME")
+    return None
 
 
 def leaf_name(cert: x509.Certificate, given: str | None) -> str:
@@ -197,6 +224,7 @@ def adopt(
         authorities = [(a, s.cert_of(a)) for a in s.store.authorities() if a.role != "cross"]
         chosen: list[tuple[Candidate, Authority, str]] = []
         seen: dict[int, str] = {}  # serial -> fingerprint, within this command
+        taken: set[str] = set()  # names adopted by this command
         for candidate in candidates:
             cert = candidate.cert
             earlier = seen.get(cert.serial_number)
@@ -214,12 +242,16 @@ def adopt(
                     leaf = leaf_name(cert, name)
                 except UsageError as exc:
                     verdict = str(exc)
+                else:
+                    verdict = _name_taken(s.store.valid_by_name(leaf, s.now), leaf,
+                                          taken) or verdict
             if isinstance(verdict, str):
                 if candidate.scanned:
                     skipped.append(Skipped(candidate.source, verdict))
                     continue
                 raise UsageError(f"cannot adopt {candidate.source}: {verdict}")
             seen[cert.serial_number] = candidate.fingerprint
+            taken.add(leaf)
             chosen.append((candidate, verdict, leaf))
         if not chosen:
             return [], skipped

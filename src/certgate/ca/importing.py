@@ -53,6 +53,7 @@ from certgate.ca.layout import CALayout
 from certgate.ca.session import session
 from certgate.ca.timeutil import rfc3339
 from certgate.errors import CAError, UsageError
+from certgate.fsutil import read_input
 
 #: Beyond this validity a CA certificate outlives any plan to retire it.
 #: certgate's own roots last 10 years (profiles.ROOT_LIFETIME).
@@ -88,7 +89,7 @@ class ImportPlan:
 def read_certificates(path: Path, flag: str) -> list[x509.Certificate]:
     """Every certificate in a PEM file (or the one in a DER file)."""
     try:
-        data = path.read_bytes()
+        data = read_input(path)
     except OSError as exc:
         raise UsageError(f"{flag} {path}: cannot read it: {exc.strerror}") from None
     try:
@@ -108,7 +109,7 @@ def read_private_key(path: Path, password: bytes | None) -> PrivateKey:
     bytes or the password.
     """
     try:
-        data = path.read_bytes()
+        data = read_input(path)
     except OSError as exc:
         raise UsageError(f"--key {path}: cannot read it: {exc.strerror}") from None
     loader = (serialization.load_pem_private_key if b"-----BEGIN" in data
