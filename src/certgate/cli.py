@@ -50,11 +50,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from certgate.config.loader import load_config
     from certgate.revocation import crl_coverage_warnings
-    from certgate.tls.issuers import issuer_matcher_warnings, read_trusted
+    from certgate.tls.issuers import issuer_matcher_warnings, read_trusted, weak_key_warnings
 
     config = load_config(args.config)
     warnings = crl_coverage_warnings(config)
-    warnings += issuer_matcher_warnings(config, read_trusted(config))
+    trusted = read_trusted(config)
+    warnings += issuer_matcher_warnings(config, trusted)
+    warnings += weak_key_warnings(trusted)
     for warning in warnings:
         print(f"{args.config}: warning: {warning}")
     print(f"{args.config}: OK ({len(config.routes)} routes, "

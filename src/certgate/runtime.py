@@ -41,7 +41,7 @@ from certgate.tls.contexts import (
     read_server_certificate,
 )
 from certgate.tls.identity import ClientIdentity, IdentityCache, InvalidCertificate
-from certgate.tls.issuers import TrustedIssuers, issuer_matcher_warnings
+from certgate.tls.issuers import TrustedIssuers, issuer_matcher_warnings, weak_key_warnings
 from certgate.tls.verify import (
     Refusal,
     refuse_unparsable,
@@ -347,7 +347,8 @@ def build_runtime(config: Config, notice: Notice = log.warning,
                       trust_pem=trust_pem or "", trust_sources=tuple(sources),
                       automatic_certificates=tuple(automatic),
                       revocation_sources=revocation_sources)
-    for warning in issuer_matcher_warnings(config, runtime.issuers):
+    for warning in (*issuer_matcher_warnings(config, runtime.issuers),
+                    *weak_key_warnings(runtime.issuers)):
         notice(f"certgate: warning: {warning}")
     return runtime
 

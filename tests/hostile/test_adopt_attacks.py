@@ -129,25 +129,34 @@ def _under_sub_ca(recipe: RecipeCA, tmp_path: Path) -> Path:
     return path
 
 
+#: An extension OID nobody implements, marked critical by the "critical" case.
+UNKNOWN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.55555.1")
+
+
 def _crafted(recipe: RecipeCA, tmp_path: Path, label: str, *, ca_flag: bool = False,
              eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
-             days: tuple[int, int] = (-1, 30)) -> Path:
+             days: tuple[int, int] = (-1, 30), critical_unknown: bool = False) -> Path:
     """A leaf the imported CA's key really signed, with one thing wrong."""
     issuer = _as_issued(recipe)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(name(label)).issuer_name(issuer.cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW + dt.timedelta(days=days[0]))
-            .not_valid_after(NOW + dt.timedelta(days=days[1]))
-            .add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), True)
-            .add_extension(x509.ExtendedKeyUsage([eku]), False)
-            .sign(issuer.key, hashes.SHA256()))
+    builder = (x509.CertificateBuilder().subject_name(name(label))
+               .issuer_name(issuer.cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(NOW + dt.timedelta(days=days[0]))
+               .not_valid_after(NOW + dt.timedelta(days=days[1]))
+               .add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), True)
+               .add_extension(x509.ExtendedKeyUsage([eku]), False))
+    if critical_unknown:
+        builder = builder.add_extension(x509.UnrecognizedExtension(UNKNOWN_OID, b"\x05\x00"),
+                                        True)
+    cert = builder.sign(issuer.key, hashes.SHA256())
     path = tmp_path / f"{label}.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
 
 
-@pytest.mark.parametrize("case", ["lookalike", "sub-ca", "ca-true", "server-only", "expired"])
+@pytest.mark.parametrize("case", ["lookalike", "sub-ca", "ca-true", "server-only", "expired",
+                                  "critical"])
 def test_leaves_that_only_claim_the_ca_are_not_adopted(tmp_path: Path, recipe: RecipeCA,
                                                        state: Path, case: str) -> None:
     path, expect = {
@@ -159,6 +168,10 @@ def test_leaves_that_only_claim_the_ca_are_not_adopted(tmp_path: Path, recipe: R
                                          eku=ExtendedKeyUsageOID.SERVER_AUTH),
                         "not a client certificate"),
         "expired": (lambda: _crafted(recipe, tmp_path, "old", days=(-30, -1)), "expired on"),
+        # OpenSSL refuses it at every handshake (unhandled critical
+        # extension): adopting it would only add a device that never works.
+        "critical": (lambda: _crafted(recipe, tmp_path, "crit", critical_unknown=True),
+                     "critical extension OpenSSL does not know (1.3.6.1.4.1.55555.1)"),
     }[case]
     result = ca(state, "adopt", path(), "--role", "admin")
     assert result.code == 2, result
@@ -548,6 +561,21 @@ routes:
     assert _get(proxy.port, ctx, "/")[0] == "refused"
     wait_until(lambda: "CA_KEY_TOO_SMALL" in "".join(proxy.stderr_lines), 5,
                "the log to say why")
+    # Said once at start-up too, where someone looks, and by certgate check.
+    assert "has an RSA key of 1024 bits: OpenSSL (security level 2) refuses" in \
+        "".join(proxy.stderr_lines)
+    config = tmp_path / "weak.yaml"
+    config.write_text(f"""
+state_dir: {state}
+listen: ["127.0.0.1:0"]
+client_auth: {{trusted_cas: [builtin], crls: [builtin]}}
+routes:
+  - {{host: localhost, upstream: whoami}}
+""")
+    checked = subprocess.run([sys.executable, "-m", "certgate", "check", "-c", str(config)],
+                             capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                             check=False)
+    assert "RSA key of 1024 bits" in checked.stdout, checked
 
 
 def test_a_chain_loop_is_refused() -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtensionOID
 
 from certgate.ca.issuance import check_roles
 from certgate.ca.keys import serial_hex
@@ -134,6 +135,29 @@ def _issuer_of(cert: x509.Certificate, authorities: Sequence[tuple[Authority, x5
     return None
 
 
+#: Extensions OpenSSL's verifier understands when marked critical
+#: (X509_supported_extension in crypto/x509/v3_purp.c); any other critical
+#: extension makes OpenSSL refuse the certificate.
+_OPENSSL_CRITICAL_OK = frozenset({
+    ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.NAME_CONSTRAINTS,
+    ExtensionOID.POLICY_CONSTRAINTS, ExtensionOID.CERTIFICATE_POLICIES,
+    ExtensionOID.POLICY_MAPPINGS, ExtensionOID.INHIBIT_ANY_POLICY,
+    x509.ObjectIdentifier("2.16.840.1.113730.1.1"),  # Netscape cert type
+    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"),  # proxyCertInfo
+    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.7"),  # sbgp-ipAddrBlock
+    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.8"),  # sbgp-autonomousSysNum
+})
+
+
+def unknown_critical(cert: x509.Certificate) -> str | None:
+    """The dotted OID of a critical extension OpenSSL would refuse, or None."""
+    for extension in cert.extensions:
+        if extension.critical and extension.oid not in _OPENSSL_CRITICAL_OK:
+            return str(extension.oid.dotted_string)
+    return None
+
+
 def adoption_problem(
     candidate: Candidate,
     authorities: Sequence[tuple[Authority, x509.Certificate]],
@@ -156,6 +180,10 @@ def adoption_problem(
     profile = check_client_certificate_profile(cert)
     if profile is not None:
         return f"not a client certificate: {profile}"
+    unknown = unknown_critical(cert)
+    if unknown is not None:
+        return (f"it has a critical extension OpenSSL does not know ({unknown}), so every "
+                "handshake would refuse it")
     if cert.not_valid_after_utc <= now:
         return f"it expired on {cert.not_valid_after_utc.isoformat()}"
     if existing is not None:

@@ -27,12 +27,19 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certgate.config.schema import BUILTIN, Config
 from certgate.matchers import Kind, Matcher
 from certgate.tls.identity import VerifiedIssuer
 
-__all__ = ["TrustedIssuers", "issuer_matcher_warnings", "key_sha256", "read_trusted"]
+__all__ = ["TrustedIssuers", "issuer_matcher_warnings", "key_sha256", "read_trusted",
+           "weak_key_warnings"]
+
+#: OpenSSL security level 2 (Debian's and Ubuntu's default) refuses RSA keys
+#: below 2048 bits and curves below 224 bits anywhere in a chain.
+MIN_RSA_BITS = 2048
+MIN_EC_BITS = 224
 
 
 def key_sha256(cert: x509.Certificate) -> str:
@@ -81,6 +88,10 @@ class TrustedIssuers:
         trusted = x509.load_pem_x509_certificates(data) if data.strip() else []
         builtin = x509.load_pem_x509_certificates(builtin_pem) if builtin_pem else []
         return cls(trusted, builtin)
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        return tuple(c.cert for c in self._candidates)
 
     @property
     def issuers(self) -> tuple[VerifiedIssuer, ...]:
@@ -141,4 +152,26 @@ def issuer_matcher_warnings(config: Config, issuers: TrustedIssuers) -> list[str
             out.append(f"{key}: {matcher.text} names no certificate in client_auth.trusted_cas, "
                        "so it never matches (issuers are checked by signature); add that CA "
                        "certificate to a trusted file, or pin the key with issuer-key:SHA256")
+    return out
+
+
+def weak_key_warnings(issuers: TrustedIssuers) -> list[str]:
+    """One line per trusted CA whose key OpenSSL's default security level refuses.
+
+    Such a CA (an old imported one, ``ca import`` warns too) fails every
+    client's handshake with ``CA_KEY_TOO_SMALL``, logged per connection only;
+    say it once at start-up and in ``certgate check``, where someone looks.
+    """
+    out: list[str] = []
+    for cert in issuers.certificates:
+        key = cert.public_key()
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+            size = f"an RSA key of {key.key_size} bits"
+        elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < MIN_EC_BITS:
+            size = f"a {key.curve.name} key"
+        else:
+            continue
+        out.append(f"trusted CA {cert.subject.rfc4514_string()!r} has {size}: OpenSSL "
+                   "(security level 2) refuses every client certificate chain through it; "
+                   "replace it (ca rotate --root for the built-in CA)")
     return out
