@@ -252,9 +252,13 @@ class Channel(asyncio.Protocol):
         return self._corked is not None
 
     def write_raw(self, data: bytes) -> None:
-        if not self._lost:
+        """Write bytes as they are (held while corked)."""
+        if data and not self._lost:
             self.bytes_out += len(data)
-            self.transport.write(data)
+            if self._corked is not None:
+                self._corked.append(data)
+            else:
+                self.transport.write(data)
 
     async def drain(self) -> None:
         if self._lost:
