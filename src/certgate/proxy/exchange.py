@@ -30,6 +30,7 @@ from certgate.http.client_response import request_keep_alive, start_response
 from certgate.http.headers import response_headers_for_client
 from certgate.http.upgrade import WebSocketUpgrade, refuse_switch
 from certgate.http.upstream_http import ResponseHead
+from certgate.proxy.bodyrelay import relay_body
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.pace import BodyPace, BodyTooSlow
 from certgate.proxy.tunnel import run_tunnel
@@ -268,8 +269,17 @@ async def _deliver(
                                         head.reason, headers)
     client.cork()
     client.write_raw(head_bytes)
+    upstream_reusable = True
     try:
-        while True:
+        handed = conn.http.hand_over_body()
+        if handed is not None:
+            # Content-Length or to-the-close: chunks go straight from the
+            # upstream transport to the client's (proxy/bodyrelay.py).
+            conn.cancel_deadline()
+            buffered, left = handed
+            upstream_reusable = await relay_body(client, conn, writer, buffered, left,
+                                                 plan.read_timeout)
+        while handed is None:
             conn.set_deadline(plan.read_timeout, "response body")
             event = await conn.next_event(before_waiting=client)
             if isinstance(event, h11.Data):
@@ -304,5 +314,8 @@ async def _deliver(
     if pump is not None:
         with contextlib.suppress(BaseException):
             await pump
-    plan.pool.release(conn)
+    if upstream_reusable:
+        plan.pool.release(conn)
+    else:
+        conn.close()  # it sent past its Content-Length, or the close ended the body
     return Result(head.status_code, reusable=body_complete and writer.keep_alive, direct=True)
