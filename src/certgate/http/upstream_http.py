@@ -286,6 +286,31 @@ class UpstreamHTTP:
             return h11.NEED_DATA
         return h11.ConnectionClosed()
 
+    def hand_over_body(self) -> tuple[bytes, int | None] | None:
+        """Let the caller relay a Content-Length or close-delimited body itself.
+
+        Right after a final response head whose body is framed that way
+        (and not empty): returns the body bytes already buffered and the
+        length still owed (None: until the connection closes), and counts
+        the message as read. The caller then reads the rest straight from
+        the transport (:mod:`certgate.proxy.bodyrelay`) and must not reuse
+        the connection unless exactly that many bytes came and no more.
+        None for any other framing (chunked bodies stay on the events).
+        """
+        if self._read is not _Read.BODY:
+            return None
+        if self._body is _Body.LENGTH and self._left:
+            left: int | None = self._left
+        elif self._body is _Body.CLOSE and not self._eof:
+            left = None
+        else:
+            return None
+        buffered = bytes(self._buffer)
+        self._buffer.clear()
+        self._left = 0
+        self._read = _Read.DONE
+        return buffered, left
+
     def _next_head(self) -> Any:
         buffer = self._buffer
         end = buffer.find(b"\n\r\n")

@@ -89,6 +89,8 @@ class Channel(asyncio.Protocol):
         self.on_writable: Callable[[], None] | None = None
         #: Set while a tunnel runs on this channel: ends it cleanly (shutdown).
         self.on_going_away: Callable[[], None] | None = None
+        #: Called when the connection is lost (a body relay stops at once).
+        self.on_lost: Callable[[], None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -129,6 +131,8 @@ class Channel(asyncio.Protocol):
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ChannelClosed("connection lost"))
+        if self.on_lost is not None:
+            self.on_lost()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -252,9 +256,13 @@ class Channel(asyncio.Protocol):
         return self._corked is not None
 
     def write_raw(self, data: bytes) -> None:
-        if not self._lost:
+        """Write bytes as they are (held while corked)."""
+        if data and not self._lost:
             self.bytes_out += len(data)
-            self.transport.write(data)
+            if self._corked is not None:
+                self._corked.append(data)
+            else:
+                self.transport.write(data)
 
     async def drain(self) -> None:
         if self._lost:
@@ -323,6 +331,12 @@ class Channel(asyncio.Protocol):
         if self._eof:
             on_eof()
         return leftover
+
+    def switch_from_raw(self) -> None:
+        """Back to HTTP after a body relay: later bytes are buffered again."""
+        self._raw_sink = None
+        self._raw_eof = None
+        self.resume_reading()
 
     def pause_reading(self) -> None:
         if not self._reading_paused and not self._lost:

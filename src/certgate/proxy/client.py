@@ -23,6 +23,10 @@ from typing import TYPE_CHECKING
 
 import h11
 
+# Documented among h11's states (its docs' state machine), yet left out of
+# h11.__all__; mypy --strict wants the defining module.
+from h11._state import MIGHT_SWITCH_PROTOCOL
+
 from certgate import memtrim, metrics
 from certgate.enroll.service import MAX_BODY, EnrollRequest, EnrollResponse
 from certgate.errors import HTTPError
@@ -52,6 +56,8 @@ class ClientConnection(Channel):
         super().__init__(h11.Connection(h11.SERVER,
                                         max_incomplete_event_size=limits.max_header_bytes))
         self.runtime = runtime
+        #: The last response was written without h11 (proxy/exchange.py).
+        self._answered_directly = False
         self.info = info
         self.identity: ClientIdentity | None = None
         self.refusal: Refusal | None = None  # set when the certificate must not be honoured
@@ -116,9 +122,7 @@ class ClientConnection(Channel):
                         return
                 finally:
                     self.busy = False
-                if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
-                    self.http.start_next_cycle()
-                else:
+                if not self.next_cycle():
                     return
         except (ChannelClosed, ConnectionError) as exc:
             log.debug("client connection ended: %r", exc, exc_info=True)
@@ -126,6 +130,39 @@ class ClientConnection(Channel):
             log.exception("internal error on a client connection")
         finally:
             self.close()
+
+    def next_cycle(self) -> bool:
+        """Ready h11 for the next request; False when the connection must close.
+
+        After a proxied response, which went out without h11, h11 still
+        waits to send one: a fresh h11 connection takes over what the client
+        has sent past its request (pipelined bytes, or its close). The
+        request must have ended on its keep-alive terms (not MUST_CLOSE)
+        either way; the response's own terms are in the relay's
+        ``reusable``.
+        """
+        http = self.http
+        direct, self._answered_directly = self._answered_directly, False
+        if not direct:
+            if http.our_state is h11.DONE and http.their_state is h11.DONE:
+                http.start_next_cycle()
+                return True
+            return False
+        # A request that offered an upgrade (an Upgrade header certgate did
+        # not forward) waits in MIGHT_SWITCH_PROTOCOL for the answer; a final
+        # response refuses the switch, as h11 itself would have concluded.
+        if http.our_state is not h11.SEND_RESPONSE or http.their_state not in (
+                h11.DONE, MIGHT_SWITCH_PROTOCOL):
+            return False
+        fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=(
+            self.runtime.config.limits.max_header_bytes))
+        data, closed = http.trailing_data
+        if data:
+            fresh.receive_data(data)
+        if closed:
+            fresh.receive_data(b"")
+        self.http = fresh
+        return True
 
     async def _handle(self, request: h11.Request, started: float) -> bool:
         """Serve one request; False when the connection must close."""
@@ -148,6 +185,7 @@ class ClientConnection(Channel):
             read_timeout=route.timeouts.read,
             tunnel_idle=route.timeouts.tunnel_idle,
             upgrade=admitted.upgrade,
+            client_request=request,
             route=route.name,
             body_min_rate=route.timeouts.body_min_rate,
             body_rate_window=route.timeouts.body_rate_window,
@@ -158,6 +196,7 @@ class ClientConnection(Channel):
             result = await relay(self, plan)
         except HTTPError as exc:
             return await self._refuse(exc, request, started, admitted)
+        self._answered_directly = result.direct
         self._record(request, admitted, result.status, self.bytes_in - in_before,
                      self.bytes_out - out_before, started)
         return result.reusable and not self.lost

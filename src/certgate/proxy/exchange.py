@@ -26,9 +26,11 @@ import h11
 
 from certgate import metrics
 from certgate.errors import HTTPError
+from certgate.http.client_response import request_keep_alive, start_response
 from certgate.http.headers import response_headers_for_client
 from certgate.http.upgrade import WebSocketUpgrade, refuse_switch
 from certgate.http.upstream_http import ResponseHead
+from certgate.proxy.bodyrelay import relay_body
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.pace import BodyPace, BodyTooSlow
 from certgate.proxy.tunnel import run_tunnel
@@ -56,6 +58,7 @@ class Plan:
     read_timeout: float
     tunnel_idle: float
     upgrade: WebSocketUpgrade | None  # the checked handshake when the client asks to switch
+    client_request: h11.Request  # as the client sent it: the response is framed for it
     route: str = "-"  # the route's name, for metrics labels
     body_min_rate: int = 0  # bytes/s over body_rate_window; 0: no rate check
     body_rate_window: float = 60.0
@@ -65,6 +68,10 @@ class Plan:
 class Result:
     status: int
     reusable: bool  # the client connection may serve another request
+    #: The response went out without h11 (:mod:`certgate.http.client_response`):
+    #: the client's h11 state still waits for it to be sent (see
+    #: ``ClientConnection.next_cycle``).
+    direct: bool = False
 
 
 async def _pump_body(client: Channel, conn: UpstreamConnection, plan: Plan) -> None:
@@ -250,24 +257,37 @@ async def _deliver(
         await run_tunnel(client, conn, plan.tunnel_idle)
         return Result(101, reusable=False)
 
-    # Headers parsed by h11 from the upstream, minus hop-by-hop ones: already
-    # validated, so h11's per-header regexes are skipped (see admission).
+    # The head and body go to the client without h11 (issue #15): the
+    # upstream reader checked the names and values, hop-by-hop headers are
+    # gone, and client_response frames them exactly as h11 did.
     # The head is corked until the upstream has nothing more ready, so a small
     # response leaves as one TLS record; an SSE stream's head still leaves at
     # once, because next_event uncorks before it waits for upstream bytes.
+    request = plan.client_request
+    head_bytes, writer = start_response(request.method, request.http_version,
+                                        request_keep_alive(request), head.status_code,
+                                        head.reason, headers)
     client.cork()
-    client.send(h11.Response(status_code=head.status_code, headers=headers, reason=head.reason,
-                             http_version=b"1.1", _parsed=True))
+    client.write_raw(head_bytes)
+    upstream_reusable = True
     try:
-        while True:
+        handed = conn.http.hand_over_body()
+        if handed is not None:
+            # Content-Length or to-the-close: chunks go straight from the
+            # upstream transport to the client's (proxy/bodyrelay.py).
+            conn.cancel_deadline()
+            buffered, left = handed
+            upstream_reusable = await relay_body(client, conn, writer, buffered, left,
+                                                 plan.read_timeout)
+        while handed is None:
             conn.set_deadline(plan.read_timeout, "response body")
             event = await conn.next_event(before_waiting=client)
             if isinstance(event, h11.Data):
-                client.send(h11.Data(data=event.data))
+                client.write_raw(writer.data(event.data))
                 if not client.corked:
                     await client.drain()
             elif isinstance(event, h11.EndOfMessage):
-                client.send(h11.EndOfMessage())
+                client.write_raw(writer.end())
                 client.uncork()
                 break
             else:
@@ -283,7 +303,7 @@ async def _deliver(
             with contextlib.suppress(BaseException):
                 await pump
         client.abort()
-        return Result(head.status_code, reusable=False)
+        return Result(head.status_code, reusable=False, direct=True)
     conn.cancel_deadline()
     body_complete = True
     if pump is not None and not pump.done():
@@ -294,5 +314,8 @@ async def _deliver(
     if pump is not None:
         with contextlib.suppress(BaseException):
             await pump
-    plan.pool.release(conn)
-    return Result(head.status_code, reusable=body_complete)
+    if upstream_reusable:
+        plan.pool.release(conn)
+    else:
+        conn.close()  # it sent past its Content-Length, or the close ended the body
+    return Result(head.status_code, reusable=body_complete and writer.keep_alive, direct=True)
