@@ -41,6 +41,7 @@ import pytest
 
 from support.clients import Connection
 from support.process import wait_until
+from support.threaded_server import ThreadedServer
 
 VERSIONS = ["1.2", "1.3"]
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -139,7 +140,7 @@ class RawSeen:
     tunnelled: bool  # read from the bytes after a 101
 
 
-class Switcher:
+class Switcher(ThreadedServer):
     """Answers every request carrying ``Upgrade`` (or every request, with
     ``always``) with 101, then reads HTTP/1.1 requests from the tunnel and
     answers each ``200 tunnelled``: what an h2c/TLS-upgrade-capable upstream
@@ -150,26 +151,7 @@ class Switcher:
         self.always = False
         self.respond_101: Callable[[dict[str, str]], bytes] = lambda _: (
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
-        self.stopping = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self.threads: list[threading.Thread] = []
-        self.accepter = threading.Thread(target=self._accept, daemon=True)
-        self.accepter.start()
-
-    def _accept(self) -> None:
-        deadline = time.monotonic() + 300
-        while not self.stopping.is_set() and time.monotonic() < deadline:
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+        super().__init__(lambda sock, _index: lambda: self._serve(sock))
 
     def _read_head(self, sock: socket.socket, buffer: bytearray) -> bytes | None:
         deadline = time.monotonic() + 30
@@ -214,12 +196,6 @@ class Switcher:
     def lines(self) -> list[str]:
         return [s.request_line for s in self.seen]
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self.accepter.join(5)
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(5)
 
 
 @pytest.fixture

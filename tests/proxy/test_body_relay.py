@@ -25,6 +25,7 @@ import pytest
 
 from support.clients import Connection
 from support.process import wait_until
+from support.threaded_server import ThreadedServer
 
 CONFIG = """
 state_dir: {state}
@@ -41,45 +42,20 @@ BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value
 Script = Callable[[socket.socket, int], None]
 
 
-class RawUpstream:
+class RawUpstream(ThreadedServer):
     """Accepts connections; runs ``script(sock, index)`` on each in a thread."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
-        self.accepted = 0
-        self.stopping = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self.threads: list[threading.Thread] = []
-        self.accepter = threading.Thread(target=self._accept, daemon=True)
-        self.accepter.start()
-
-    def _accept(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self.stopping.is_set() and time.monotonic() < deadline:
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            index, self.accepted = self.accepted, self.accepted + 1
-            thread = threading.Thread(target=self._run, args=(sock, index), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+        super().__init__(lambda sock, index: lambda: self._run(sock, index), lifetime=120)
 
     def _run(self, sock: socket.socket, index: int) -> None:
         with sock, contextlib.suppress(OSError):
             sock.settimeout(10)
             self.script(sock, index)
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self.accepter.join(5)
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(15)
+    def stop(self, join: float = 15) -> None:
+        super().stop(join)
 
 
 def read_request(sock: socket.socket) -> bytes:

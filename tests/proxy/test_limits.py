@@ -33,6 +33,7 @@ import pytest
 
 from support.clients import Connection
 from support.process import wait_until
+from support.threaded_server import ThreadedServer
 
 CONFIG = """
 state_dir: {state}
@@ -151,34 +152,18 @@ class Peer:
 Script = Callable[[Peer], None]
 
 
-class Scripted:
+class Scripted(ThreadedServer):
     """A threaded upstream on 127.0.0.1 running ``script`` for every connection."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
         self.conns: list[UpConn] = []
-        self.stopping = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self.threads: list[threading.Thread] = []
-        self.accepter = threading.Thread(target=self._accept, daemon=True)
-        self.accepter.start()
+        super().__init__(self._connect_one)
 
-    def _accept(self) -> None:
-        deadline = time.monotonic() + 300
-        while not self.stopping.is_set() and time.monotonic() < deadline:
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            rec = UpConn(len(self.conns))
-            self.conns.append(rec)
-            thread = threading.Thread(target=self._run, args=(sock, rec), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+    def _connect_one(self, sock: socket.socket, index: int) -> Callable[[], None]:
+        rec = UpConn(index)
+        self.conns.append(rec)
+        return lambda: self._run(sock, rec)
 
     def _run(self, sock: socket.socket, rec: UpConn) -> None:
         with sock, contextlib.suppress(StopServing, OSError):
@@ -191,12 +176,8 @@ class Scripted:
     def seen(self, request: str) -> int:
         return sum(c.requests.count(request) for c in self.conns)
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self.accepter.join(5)
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(5)
+    def stop(self, join: float = 5) -> None:
+        super().stop(join)
         assert not any(t.is_alive() for t in [self.accepter, *self.threads])
 
 
