@@ -74,10 +74,11 @@ def read_request(sock: socket.socket) -> bytes:
 def relay(start_certgate) -> Iterator[Callable[[Script], tuple[object, RawUpstream]]]:  # type: ignore[no-untyped-def]
     started: list[RawUpstream] = []
 
-    def go(script: Script) -> tuple[object, RawUpstream]:
+    def go(script: Script, read: str = "1s") -> tuple[object, RawUpstream]:
         upstream = RawUpstream(script)
         started.append(upstream)
-        return start_certgate(CONFIG % {"port": upstream.port}), upstream
+        config = (CONFIG % {"port": upstream.port}).replace("read: 1s", f"read: {read}")
+        return start_certgate(config), upstream
 
     yield go
     for upstream in started:
@@ -244,7 +245,9 @@ def test_a_slow_client_holds_the_upstream_back(relay, pki):
                 sent[0] += sock.send(block[:size - sent[0]])
         done.set()
 
-    proxy, _ = relay(script)
+    # The read timeout is also how long the client may take nothing (below):
+    # longer than this test's pause.
+    proxy, _ = relay(script, read="30s")
     with Connection(proxy.port, pki.context("alice")) as conn:
         conn.send_raw(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
         wait_until(lambda: sent[0] > 1 << 20, 10, "the upstream to start sending")
@@ -265,3 +268,34 @@ def test_a_slow_client_holds_the_upstream_back(relay, pki):
             assert chunk
             received += len(chunk)
     assert done.wait(10)
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_read_timeout(relay, pki):
+    """nginx's send_timeout: a client that takes nothing of a download while
+    certgate holds the upstream back for it is cut after the read timeout,
+    and the upstream connection goes too (it is not pinned forever)."""
+    size = 64 << 20
+    upstream_done = threading.Event()
+
+    def script(sock: socket.socket, index: int) -> None:
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        sock.settimeout(20)
+        block = b"x" * 65536
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < size:
+                sent += sock.send(block)
+        upstream_done.set()  # sent all, or certgate closed the connection
+
+    proxy, _ = relay(script)
+    with Connection(proxy.port, pki.context("alice")) as conn:
+        conn.send_raw(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        started = time.monotonic()
+        # The client reads nothing; certgate must give up on it by itself.
+        assert upstream_done.wait(15), "the upstream connection was left pinned"
+        elapsed = time.monotonic() - started
+        data, ended = read_all(conn, timeout=10)
+    assert ended
+    assert len(data) < size  # cut, not completed
+    assert 0.9 <= elapsed <= 8.0, elapsed

@@ -12,7 +12,10 @@ channel's buffer, the upstream reader's buffer or an ``h11.Data`` event
 buffers). Backpressure is the tunnel's: above the client transport's
 high-water mark, reading from the upstream pauses until it drains. A timer
 re-armed on progress fails the relay when the upstream sends nothing for
-``read_timeout`` while certgate is not the one holding it paused.
+``read_timeout`` while certgate is not the one holding it paused, and when
+the client takes nothing for ``read_timeout`` while certgate holds the
+upstream paused for it (nginx's send_timeout): a client that stops reading
+a download must not pin its connection and an upstream connection forever.
 
 Chunked upstream bodies still go through the reader's events: their
 framing has to be parsed and re-made, and chunk by chunk is what they are.
@@ -40,7 +43,8 @@ async def relay_body(client: Channel, upstream: Channel, writer: ResponseWriter,
     Raises:
         ChannelClosed: the upstream closed before the Content-Length was
             met, or the client went away.
-        ChannelTimeout: the upstream sent nothing for ``read_timeout``.
+        ChannelTimeout: the upstream sent nothing for ``read_timeout``, or
+            the client took nothing for as long while the upstream waited.
     """
     if left is not None and len(buffered) >= left:
         # The whole body came with the head (most small responses): no
@@ -53,6 +57,7 @@ async def relay_body(client: Channel, upstream: Channel, writer: ResponseWriter,
     done: asyncio.Future[None] = loop.create_future()
     last_progress = loop.time()
     overran = False  # bytes past the body: the upstream connection is not reused
+    held_since: float | None = None  # when certgate paused the upstream for the client
     upstream_ended = False
     started = False
 
@@ -65,7 +70,7 @@ async def relay_body(client: Channel, upstream: Channel, writer: ResponseWriter,
             done.set_exception(exc)
 
     def sink(data: bytes) -> None:
-        nonlocal left, last_progress, overran
+        nonlocal left, last_progress, overran, held_since
         if done.done():
             overran = True
             return
@@ -84,6 +89,8 @@ async def relay_body(client: Channel, upstream: Channel, writer: ResponseWriter,
         client.write_raw(writer.data(data))
         if client.writing_paused:
             upstream.pause_reading()
+            if held_since is None:
+                held_since = loop.time()
 
     def ended() -> None:
         nonlocal upstream_ended
@@ -98,8 +105,9 @@ async def relay_body(client: Channel, upstream: Channel, writer: ResponseWriter,
             settle(ChannelClosed("upstream closed mid-body"))
 
     def writable() -> None:
-        nonlocal last_progress
+        nonlocal last_progress, held_since
         last_progress = loop.time()  # the upstream's silence counts from now
+        held_since = None
         upstream.resume_reading()
 
     def lost() -> None:
@@ -110,7 +118,11 @@ async def relay_body(client: Channel, upstream: Channel, writer: ResponseWriter,
     def check_idle() -> None:
         nonlocal timer
         if client.writing_paused:  # certgate holds the upstream, not the other way
-            timer = loop.call_later(read_timeout, check_idle)
+            held = loop.time() - (held_since if held_since is not None else last_progress)
+            if held >= read_timeout:
+                settle(ChannelTimeout("client not reading the response body"))
+            else:
+                timer = loop.call_later(read_timeout - held, check_idle)
             return
         idle_for = loop.time() - last_progress
         if idle_for >= read_timeout:
