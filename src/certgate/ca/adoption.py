@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID
 
+from certgate.ca.importing import parse_certificates
 from certgate.ca.issuance import check_roles
 from certgate.ca.keys import serial_hex
 from certgate.ca.layout import CALayout, check_name
@@ -85,12 +86,7 @@ class Skipped:
 
 
 def _read(path: Path) -> list[x509.Certificate]:
-    data = read_input(path)
-    if b"-----BEGIN CERTIFICATE" in data:
-        return x509.load_pem_x509_certificates(data)
-    if b"-----BEGIN" in data:
-        raise ValueError("not a certificate")
-    return [x509.load_der_x509_certificate(data)]
+    return parse_certificates(read_input(path))
 
 
 def collect(paths: Sequence[Path]) -> tuple[list[Candidate], list[Skipped]]:

@@ -86,6 +86,14 @@ class ImportPlan:
         return self.root is None
 
 
+def parse_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in PEM text, or the one DER certificate; ValueError
+    for anything else (a key, a CSR, garbage)."""
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data)  # ValueError: no certificate in it
+    return [x509.load_der_x509_certificate(data)]
+
+
 def read_certificates(path: Path, flag: str) -> list[x509.Certificate]:
     """Every certificate in a PEM file (or the one in a DER file)."""
     try:
@@ -93,13 +101,9 @@ def read_certificates(path: Path, flag: str) -> list[x509.Certificate]:
     except OSError as exc:
         raise UsageError(f"{flag} {path}: cannot read it: {exc.strerror}") from None
     try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
+        return parse_certificates(data)
     except ValueError:
         raise UsageError(f"{flag} {path}: not a PEM or DER certificate") from None
-    return certs
 
 
 def read_private_key(path: Path, password: bytes | None) -> PrivateKey:
