@@ -138,9 +138,16 @@ routes:
         return int(result.stdout or 0)
 
     wait_until(lambda: tablet() == 200, 10, "the tablet from the new intermediate to get in")
-    code, echo = _curl(proxy.port, recipe, "laptop", state)
-    assert code == 0, echo
-    assert _header(echo, "X-Client-Roles") == ["family"]
+
+    def laptop_roles() -> list[str]:
+        code, echo = _curl(proxy.port, recipe, "laptop", state)
+        assert code == 0, echo
+        return _header(echo, "X-Client-Roles")
+
+    # Roles reach the proxy with its next inventory poll (about a second
+    # after 'ca adopt'), not with the tablet's admission: wait for them.
+    wait_until(lambda: laptop_roles() == ["family"], 10,
+               "the laptop, adopted before the rotation, to carry its role")
     assert _curl(proxy.port, recipe, "phone", state)[0] != 0
     _ok(state, "revoke", "laptop")
     wait_until(lambda: _curl(proxy.port, recipe, "laptop", state)[0] != 0, REVOKE_DEADLINE * 2,
