@@ -250,6 +250,21 @@ class UpstreamHTTP:
             return serialise_request(event.method, event.target, headers)
         raise h11.LocalProtocolError(f"cannot send {type(event).__name__} upstream")
 
+    def hand_over_request_body(self) -> int:
+        """Let the caller write the rest of a Content-Length request body itself.
+
+        Returns the bytes still owed and counts them as sent: the caller
+        writes exactly that many straight to the transport
+        (:mod:`certgate.proxy.requestbody`) before sending ``EndOfMessage``.
+
+        Raises:
+            h11.LocalProtocolError: no Content-Length request body is open.
+        """
+        if not self._sent_head or self._sent_all or self._send_framing is not _Body.LENGTH:
+            raise h11.LocalProtocolError("no Content-Length request body to hand over")
+        owed, self._send_left = self._send_left, 0
+        return owed
+
     # -- reading -----------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
         """Bytes from the upstream; ``b""`` means it closed its side."""

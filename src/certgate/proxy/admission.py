@@ -71,6 +71,8 @@ class Admitted:
     upstream_request: h11.Request
     has_body: bool
     upgrade: WebSocketUpgrade | None
+    #: The request's Content-Length when it has one (None: chunked or none).
+    body_length: int | None = None
 
 
 def check_framing(raw: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
@@ -252,4 +254,4 @@ def admit(
     except h11.LocalProtocolError:
         raise HTTPError(400, "request cannot be forwarded as HTTP/1.1", close=True) from None
     return Admitted(route, host, target.path, decision, tuple(roles), upstream_request,
-                    has_body, upgrade)
+                    has_body, upgrade, None if chunked else length)

@@ -332,11 +332,18 @@ class Channel(asyncio.Protocol):
             on_eof()
         return leftover
 
-    def switch_from_raw(self) -> None:
-        """Back to HTTP after a body relay: later bytes are buffered again."""
+    def switch_from_raw(self, unread: bytes = b"") -> None:
+        """Back to HTTP after a body relay: later bytes are buffered again.
+
+        ``unread``: bytes the relay took past its body (a pipelined request),
+        read next as if they had just arrived.
+        """
         self._raw_sink = None
         self._raw_eof = None
-        self.resume_reading()
+        if unread:
+            self._buffer += unread
+        if len(self._buffer) <= HIGH_WATER:
+            self.resume_reading()
 
     def pause_reading(self) -> None:
         if not self._reading_paused and not self._lost:

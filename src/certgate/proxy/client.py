@@ -58,6 +58,8 @@ class ClientConnection(Channel):
         self.runtime = runtime
         #: The last response was written without h11 (proxy/exchange.py).
         self._answered_directly = False
+        #: The last request's body went past h11, complete (proxy/requestbody.py).
+        self._body_relayed = False
         self.info = info
         self.identity: ClientIdentity | None = None
         self.refusal: Refusal | None = None  # set when the certificate must not be honoured
@@ -143,6 +145,7 @@ class ClientConnection(Channel):
         """
         http = self.http
         direct, self._answered_directly = self._answered_directly, False
+        relayed, self._body_relayed = self._body_relayed, False
         if not direct:
             if http.our_state is h11.DONE and http.their_state is h11.DONE:
                 http.start_next_cycle()
@@ -151,8 +154,10 @@ class ClientConnection(Channel):
         # A request that offered an upgrade (an Upgrade header certgate did
         # not forward) waits in MIGHT_SWITCH_PROTOCOL for the answer; a final
         # response refuses the switch, as h11 itself would have concluded.
-        if http.our_state is not h11.SEND_RESPONSE or http.their_state not in (
-                h11.DONE, MIGHT_SWITCH_PROTOCOL):
+        # A body relayed past h11 leaves it in SEND_BODY, and only then.
+        if http.our_state is not h11.SEND_RESPONSE or not (
+                http.their_state in (h11.DONE, MIGHT_SWITCH_PROTOCOL)
+                or (relayed and http.their_state is h11.SEND_BODY)):
             return False
         fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=(
             self.runtime.config.limits.max_header_bytes))
@@ -189,6 +194,7 @@ class ClientConnection(Channel):
             route=route.name,
             body_min_rate=route.timeouts.body_min_rate,
             body_rate_window=route.timeouts.body_rate_window,
+            body_length=admitted.body_length,
         )
         out_before = self.bytes_out
         in_before = self.bytes_in
@@ -197,6 +203,7 @@ class ClientConnection(Channel):
         except HTTPError as exc:
             return await self._refuse(exc, request, started, admitted)
         self._answered_directly = result.direct
+        self._body_relayed = result.body_relayed
         self._record(request, admitted, result.status, self.bytes_in - in_before,
                      self.bytes_out - out_before, started)
         return result.reusable and not self.lost

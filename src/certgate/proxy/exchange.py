@@ -33,6 +33,7 @@ from certgate.http.upstream_http import ResponseHead
 from certgate.proxy.bodyrelay import relay_body
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
 from certgate.proxy.pace import BodyPace, BodyTooSlow
+from certgate.proxy.requestbody import UpstreamNotReading, relay_request_body
 from certgate.proxy.tunnel import run_tunnel
 from certgate.proxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -41,10 +42,6 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 class BodyTooLarge(Exception):
     """A chunked body grew past the route's max_body mid-upload (-> 413 or a cut)."""
-
-
-class UpstreamNotReading(Exception):
-    """The upstream took no request-body bytes for the read timeout (-> 504)."""
 
 
 @dataclass(slots=True)
@@ -62,6 +59,7 @@ class Plan:
     route: str = "-"  # the route's name, for metrics labels
     body_min_rate: int = 0  # bytes/s over body_rate_window; 0: no rate check
     body_rate_window: float = 60.0
+    body_length: int | None = None  # the request's Content-Length (None: chunked)
 
 
 @dataclass(slots=True)
@@ -72,18 +70,28 @@ class Result:
     #: the client's h11 state still waits for it to be sent (see
     #: ``ClientConnection.next_cycle``).
     direct: bool = False
+    #: The request body went past h11 (:mod:`certgate.proxy.requestbody`),
+    #: complete: h11 still waits for it (see ``ClientConnection.next_cycle``).
+    body_relayed: bool = False
 
 
-async def _pump_body(client: Channel, conn: UpstreamConnection, plan: Plan) -> None:
-    """Copy the client's request body to the upstream, with backpressure."""
+async def _pump_body(client: Channel, conn: UpstreamConnection, plan: Plan) -> bool:
+    """Copy the client's request body to the upstream, with backpressure.
+
+    True when the body went past h11 (a Content-Length body that did not
+    arrive with its head): the client's h11 state never saw it end.
+    """
     # The client side is always h11 (proxy/client.py).
-    if cast(h11.Connection, client.http).they_are_waiting_for_100_continue:
+    http = cast(h11.Connection, client.http)
+    if http.they_are_waiting_for_100_continue:
         client.send(h11.InformationalResponse(status_code=100, headers=[]))
     total = 0
     loop = asyncio.get_running_loop()
     pace = BodyPace.start(plan.body_min_rate, plan.body_rate_window, plan.read_timeout,
                           loop.time())
     try:
+        if plan.body_length is not None and plan.upgrade is None:
+            return await _relay_length_body(client, conn, plan, http, pace)
         while True:
             event = await client.next_body_event(pace)
             if isinstance(event, h11.Data):
@@ -97,7 +105,7 @@ async def _pump_body(client: Channel, conn: UpstreamConnection, plan: Plan) -> N
                     pace.pause(loop.time() - waited_from)
             elif isinstance(event, h11.EndOfMessage):
                 conn.send(h11.EndOfMessage())
-                return
+                return False
             else:  # ConnectionClosed
                 raise ChannelClosed("client went away during upload")
     except BaseException:
@@ -107,6 +115,35 @@ async def _pump_body(client: Channel, conn: UpstreamConnection, plan: Plan) -> N
         raise
     finally:
         client.cancel_deadline()
+
+
+async def _relay_length_body(client: Channel, conn: UpstreamConnection, plan: Plan,
+                             http: h11.Connection, pace: BodyPace) -> bool:
+    """A Content-Length body: what h11 holds as events, the rest transport to
+    transport. The length was checked against max_body at admission."""
+    assert plan.body_length is not None
+    left = plan.body_length
+    loop = asyncio.get_running_loop()
+    while True:
+        event = http.next_event()  # only what h11 already holds: never waits
+        if isinstance(event, h11.Data):
+            left -= len(event.data)
+            pace.progress(len(event.data), loop.time())
+            conn.send(h11.Data(data=event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            conn.send(h11.EndOfMessage())
+            return False
+        elif event is h11.NEED_DATA:
+            break
+        else:
+            raise ChannelClosed(f"unexpected {type(event).__name__} in a request body")
+    if conn.http.hand_over_request_body() != left:
+        # Admission copies the Content-Length: a mismatch is a bug, and
+        # relaying on either count would desynchronise one side.
+        raise h11.LocalProtocolError("request body lengths disagree")
+    await relay_request_body(client, conn, left, pace, plan.read_timeout)
+    conn.send(h11.EndOfMessage())
+    return True
 
 
 async def _drain_upstream(conn: UpstreamConnection, seconds: float) -> None:
@@ -132,7 +169,7 @@ async def relay(client: Channel, plan: Plan) -> Result:
         conn = await plan.pool.acquire()
         received_before = conn.bytes_in  # a reused connection has history
         conn.send(plan.request)
-        pump: asyncio.Task[None] | None = None
+        pump: asyncio.Task[bool] | None = None
         if plan.has_body:
             pump = asyncio.create_task(_pump_body(client, conn, plan))
         else:
@@ -165,7 +202,7 @@ async def relay(client: Channel, plan: Plan) -> Result:
     return await _deliver(client, conn, plan, head, pump)
 
 
-async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
+async def _settle_pump(pump: asyncio.Task[bool] | None) -> BaseException | None:
     """Stop the upload task; return a client-side failure worth reporting."""
     if pump is None:
         return None
@@ -193,7 +230,7 @@ async def _settle_pump(pump: asyncio.Task[None] | None) -> BaseException | None:
 
 
 async def _response_head(
-    conn: UpstreamConnection, plan: Plan, pump: asyncio.Task[None] | None
+    conn: UpstreamConnection, plan: Plan, pump: asyncio.Task[bool] | None
 ) -> ResponseHead:
     """Wait for the final response head (or a 101); skip other 1xx.
 
@@ -237,7 +274,7 @@ async def _deliver(
     conn: UpstreamConnection,
     plan: Plan,
     head: ResponseHead,
-    pump: asyncio.Task[None] | None,
+    pump: asyncio.Task[bool] | None,
 ) -> Result:
     headers = response_headers_for_client(head.headers)
     if head.status_code == 101:
@@ -306,6 +343,7 @@ async def _deliver(
         return Result(head.status_code, reusable=False, direct=True)
     conn.cancel_deadline()
     body_complete = True
+    body_relayed = False
     if pump is not None and not pump.done():
         # The upstream answered before reading the whole body (e.g. 413):
         # stop uploading; the client connection cannot be reused.
@@ -314,8 +352,14 @@ async def _deliver(
     if pump is not None:
         with contextlib.suppress(BaseException):
             await pump
+        if body_complete:
+            # A pump that failed after the response (the client went away)
+            # did not read the whole body either.
+            body_complete = not pump.cancelled() and pump.exception() is None
+            body_relayed = body_complete and pump.result()
     if upstream_reusable:
         plan.pool.release(conn)
     else:
         conn.close()  # it sent past its Content-Length, or the close ended the body
-    return Result(head.status_code, reusable=body_complete and writer.keep_alive, direct=True)
+    return Result(head.status_code, reusable=body_complete and writer.keep_alive, direct=True,
+                  body_relayed=body_relayed)
