@@ -31,8 +31,9 @@ import h11
 
 from certgate.proxy.pace import BodyPace, BodyTooSlow, Verdict
 
-# 64 KiB: the size of one TLS read from uvloop's SSL layer is up to 256 KiB,
-# so a pause takes effect within a read or two while keeping syscalls large.
+# 64 KiB: one read from the client's TLS transport is up to 64 KiB
+# (tls/transport.py) and uvloop's TCP reads are 256 KiB, so a pause takes
+# effect within a read or two while keeping syscalls large.
 HIGH_WATER = 64 * 1024
 
 
@@ -96,7 +97,7 @@ class Channel(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's SSL transport implements the Transport API without
+        # uvloop's transports implement the Transport API without
         # subclassing asyncio.Transport, hence a cast rather than a check.
         self.transport = cast(asyncio.Transport, transport)
         self._is_tls = transport.get_extra_info("sslcontext") is not None

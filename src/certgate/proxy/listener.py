@@ -8,10 +8,11 @@ ClientHello is still arriving in pieces, ``SO_RCVLOWAT`` is set to the number
 of bytes the parser says it needs next: epoll then wakes us only when they are
 all there (Linux honours SO_RCVLOWAT in poll since 2.6.28). With the SNI known,
 the runtime picks the context for that name's client-auth class and the socket
-is handed to ``loop.connect_accepted_socket(..., ssl=ctx)``, uvloop's C TLS
-layer. A connection that does not send a complete ClientHello within
-``limits.handshake_timeout`` is closed; so is one whose first bytes are not
-TLS (a plain ``GET`` gets a one-line 400 first, like nginx's 497 page).
+is handed to :func:`certgate.tls.transport.accept_tls`, which runs the
+handshake on the socket itself (OpenSSL reads and writes it; see there why
+not uvloop's TLS layer). A connection that does not send a complete
+ClientHello within ``limits.handshake_timeout`` is closed; so is one whose
+first bytes are not TLS (a plain ``GET`` gets a one-line 400 first, like nginx's 497 page).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from certgate import metrics
 from certgate.hostnames import InvalidHost, normalise_host
 from certgate.proxy.client import ClientConnection
 from certgate.proxy.info import ConnectionInfo
-from certgate.tls import alerts
-from certgate.tls.alerts import HandshakeWatch
 from certgate.tls.clienthello import MAX_CLIENT_HELLO, peek_client_hello
+from certgate.tls.transport import accept_tls
 
 if TYPE_CHECKING:
     from certgate.runtime import Runtime
@@ -105,26 +105,16 @@ class Listener:
 
     async def _start_tls(self, runtime: Runtime, conn: socket.socket, context: ssl.SSLContext,
                          info: ConnectionInfo) -> None:
-        # This task's context is copied into the transport uvloop makes, so
-        # the SSL object finds the socket to finish a refusal on.
-        watch = HandshakeWatch(conn)
-        alerts.CURRENT.set(watch)
         try:
-            await self._loop.connect_accepted_socket(
-                lambda: ClientConnection(runtime, info),
-                conn,
-                ssl=context,
-                ssl_handshake_timeout=runtime.config.limits.handshake_timeout,
-            )
+            await accept_tls(self._loop, conn, context, lambda: ClientConnection(runtime, info),
+                             runtime.config.limits.handshake_timeout)
         except (ssl.SSLError, OSError, TimeoutError) as failure:
-            # After an alert went out the transport ends in end-of-file;
-            # what OpenSSL refused is the recorded error.
-            exc: BaseException = watch.error or failure
+            # OpenSSL's alert has gone out; the socket lingers and closes on
+            # its own (tls/transport.py).
+            failure.__traceback__ = None
             self.handshake_failures += 1
-            metrics.METRICS.handshake(self.label, metrics.handshake_failure_reason(exc))
-            runtime.handshake_failed(info, exc)
-            with contextlib.suppress(OSError):
-                conn.close()
+            metrics.METRICS.handshake(self.label, metrics.handshake_failure_reason(failure))
+            runtime.handshake_failed(info, failure)
 
 
 class _PendingHello:

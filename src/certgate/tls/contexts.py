@@ -35,7 +35,6 @@ from certgate.config.schema import CertificateFiles, ClientAuth, TLSSettings
 from certgate.errors import CertgateError
 from certgate.hostnames import HostTable, InvalidHost, normalise_pattern
 from certgate.tls import openssl, tickets
-from certgate.tls.alerts import AlertingSSLObject
 
 log = logging.getLogger("certgate.tls")
 
@@ -121,8 +120,6 @@ def _base_context(settings: TLSSettings) -> ssl.SSLContext:
     # HTTP/1.1 only: per-path client authentication cannot work over HTTP/2.
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    # A refused handshake sends OpenSSL's alert before closing (tls/alerts.py).
-    ctx.sslobject_class = AlertingSSLObject
     if not settings.session_tickets:
         ctx.num_tickets = 0
         ctx.options |= ssl.OP_NO_TICKET
