@@ -316,6 +316,12 @@ class TLSTransport(asyncio.Transport):
                 log.exception("error in a TLS connection's protocol")
                 self.abort()
                 return
+            if not self._sock.pending():
+                # Nothing decrypted is left inside OpenSSL: epoll (level
+                # triggered) reports what is still in the kernel, and a
+                # read now would mostly raise "want read" (an exception
+                # per request on a keep-alive connection).
+                return
         self._schedule_read()
 
     def _eof(self) -> None:
