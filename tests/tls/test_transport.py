@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certgate.tls.transport import accept_tls
+from certgate.tls.transport import LINGER_SECONDS, accept_tls, lingering
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,18 @@ class Server:
         self._thread.start()
 
     def _run(self) -> None:
-        self.loop.run_until_complete(self._serve())
+        try:
+            self.loop.run_until_complete(self._serve())
+            self.loop.run_until_complete(self._lingered())
+        finally:
+            self.loop.close()
+
+    async def _lingered(self) -> None:
+        """Until every socket closed lingering (bounded by LINGER_SECONDS)."""
+        for _ in range(int((LINGER_SECONDS + 5) * 100)):
+            if not lingering():
+                return
+            await asyncio.sleep(0.01)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,6 +156,7 @@ class Server:
 
     def close(self) -> None:
         self.finished.wait(35)
+        self._thread.join(LINGER_SECONDS + 10)
         self.listener.close()
 
 

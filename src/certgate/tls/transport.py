@@ -48,7 +48,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LINGER_READS", "LINGER_SECONDS", "TLSTransport", "accept_tls"]
+__all__ = ["LINGER_READS", "LINGER_SECONDS", "TLSTransport", "accept_tls", "lingering"]
 
 log = logging.getLogger("certgate.tls")
 
@@ -142,6 +142,14 @@ def _expire(done: asyncio.Future[None]) -> None:
         done.set_exception(TimeoutError("TLS handshake timed out"))
 
 
+_lingering = 0
+
+
+def lingering() -> int:
+    """Sockets of this process still lingering before their close."""
+    return _lingering
+
+
 def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
             then: Callable[[], None] | None) -> None:
     """Shut the write side, drop what still arrives, then close ``sock``.
@@ -149,6 +157,8 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
     The bytes are read from the descriptor, under TLS: nothing read here
     is ever interpreted.
     """
+    global _lingering
+    _lingering += 1
     try:
         fd = sock.fileno()
         sock.shutdown(socket.SHUT_WR) if fd >= 0 else None
@@ -157,7 +167,15 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
     reads = 0
     timer: asyncio.TimerHandle | None = None
 
+    finished = False
+
     def finish() -> None:
+        global _lingering
+        nonlocal finished
+        if finished:
+            return
+        finished = True
+        _lingering -= 1
         if timer is not None:
             timer.cancel()
         if fd >= 0:
