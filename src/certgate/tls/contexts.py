@@ -22,6 +22,7 @@ resumed or not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Sequence
@@ -123,6 +124,9 @@ def _base_context(settings: TLSSettings) -> ssl.SSLContext:
     if not settings.session_tickets:
         ctx.num_tickets = 0
         ctx.options |= ssl.OP_NO_TICKET
+    with contextlib.suppress(openssl.Unavailable):
+        # Fewer read syscalls per handshake; without it, only slower.
+        openssl.set_read_ahead(ctx)
     return ctx
 
 

@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["X509_V_ERR_CERT_REVOKED", "ChainVerdict", "LeafCheck", "Unavailable",
-           "set_client_ca_names", "set_leaf_check", "set_ticket_keys", "set_verify_depth",
+           "set_client_ca_names", "set_leaf_check", "set_read_ahead", "set_ticket_keys",
+           "set_verify_depth",
            "verify_client_chain"]
 
 _P = ctypes.c_void_p
@@ -272,6 +273,29 @@ def set_verify_depth(context: ssl.SSLContext, depth: int) -> None:
     lib.SSL_CTX_set_verify_depth(ssl_ctx, depth)
     if lib.SSL_CTX_get_verify_depth(ssl_ctx) != depth:
         raise Unavailable("the verify depth did not stick")
+
+
+#: ssl.h: SSL_CTX_set_read_ahead / SSL_CTX_get_read_ahead are SSL_CTX_ctrl calls.
+_SSL_CTRL_GET_READ_AHEAD = 40
+_SSL_CTRL_SET_READ_AHEAD = 41
+
+
+def set_read_ahead(context: ssl.SSLContext) -> None:
+    """``SSL_CTX_set_read_ahead(ctx, 1)``: read what the socket holds at once.
+
+    Without it OpenSSL reads a record's 5-byte header and then its body, two
+    ``read`` calls a record: a client's TLS 1.3 Certificate, CertificateVerify
+    and Finished cost six, and certgate's own transport (tls/transport.py)
+    lets OpenSSL read the socket itself.
+
+    Raises:
+        Unavailable: libssl cannot be reached safely, or the setting did not stick.
+    """
+    lib = _lib()
+    ssl_ctx = _ssl_ctx(context)
+    lib.SSL_CTX_ctrl(ssl_ctx, _SSL_CTRL_SET_READ_AHEAD, 1, None)
+    if lib.SSL_CTX_ctrl(ssl_ctx, _SSL_CTRL_GET_READ_AHEAD, 0, None) != 1:
+        raise Unavailable("read-ahead did not stick")
 
 
 def _leaf_der(lib: ctypes.CDLL, cert: int) -> bytes | None:

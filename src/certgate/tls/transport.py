@@ -79,7 +79,12 @@ async def accept_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket,
             then closes, on its own).
         TimeoutError: no complete handshake within ``handshake_timeout`` seconds.
     """
-    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sock.close()
+        raise
     fd = tls.fileno()
     done: asyncio.Future[None] = loop.create_future()
     watching: list[str] = []  # "r" or "w": what the handshake waits for
@@ -109,31 +114,35 @@ async def accept_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket,
             watch("w")
             return
         except (ssl.SSLError, OSError) as exc:
-            unwatch()
             # Kept without its traceback: its frames hold the socket, and
             # the cycle would keep OpenSSL's memory until a full GC.
             exc.__traceback__ = None
             done.set_exception(exc)
             return
-        unwatch()
         done.set_result(None)
+
+    def keep_reader() -> bool:
+        """Stop watching for writes; True if the fd is still watched for reads
+        (the next add_reader then only swaps the callback: no epoll_ctl)."""
+        if watching == ["w"]:
+            unwatch()
+        reading = watching == ["r"]
+        watching.clear()
+        return reading
 
     timer = loop.call_later(handshake_timeout, _expire, done)
     step()
     try:
         await done
-    except TimeoutError:
-        unwatch()
-        _linger(loop, tls, None)
-        raise
     except BaseException:
-        unwatch()
-        _linger(loop, tls, None)  # OpenSSL's alert is out; let it be read
+        # Refused (OpenSSL's alert is out: let it be read), timed out, or
+        # the listener stopped.
+        _linger(loop, tls, None, watched=keep_reader())
         raise
     finally:
         timer.cancel()
     transport = TLSTransport(loop, tls, protocol_factory(), context)
-    transport.start()
+    transport.start(watched=keep_reader())
     return transport
 
 
@@ -151,21 +160,22 @@ def lingering() -> int:
 
 
 def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
-            then: Callable[[], None] | None) -> None:
+            then: Callable[[], None] | None, *, watched: bool = False) -> None:
     """Shut the write side, drop what still arrives, then close ``sock``.
 
     The bytes are read from the descriptor, under TLS: nothing read here
-    is ever interpreted.
+    is ever interpreted. ``watched``: the loop already watches the socket
+    for reads (its callback is swapped, which costs no syscall).
     """
     global _lingering
     _lingering += 1
-    try:
-        fd = sock.fileno()
+    fd = sock.fileno()  # -1 if already closed
+    with contextlib.suppress(OSError):
+        # ENOTCONN when the client is already gone: the linger is short then.
         sock.shutdown(socket.SHUT_WR) if fd >= 0 else None
-    except OSError:
-        fd = -1
     reads = 0
     timer: asyncio.TimerHandle | None = None
+    registered = watched
 
     finished = False
 
@@ -178,7 +188,7 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
         _lingering -= 1
         if timer is not None:
             timer.cancel()
-        if fd >= 0:
+        if fd >= 0 and registered:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(fd)
         with contextlib.suppress(OSError):
@@ -204,6 +214,7 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
     timer = loop.call_later(LINGER_SECONDS, finish)
     try:
         loop.add_reader(fd, drop)
+        registered = True
     except (ValueError, OSError):
         finish()
 
@@ -234,9 +245,17 @@ class TLSTransport(asyncio.Transport):
         self._lost = False
 
     # -- setup and introspection -------------------------------------------
-    def start(self) -> None:
+    def start(self, watched: bool = False) -> None:
+        """Call connection_made and start reading. ``watched``: the loop
+        already watches the socket for reads (the handshake's registration,
+        taken over without a syscall)."""
+        self._reading = watched
         self._protocol.connection_made(self)
-        if not self._closing and not self._read_paused:
+        if self._reading:
+            self._loop.add_reader(self._fd, self._read_ready)  # swaps the callback
+        if self._read_paused or self._closing:
+            self._unwatch_reads()
+        elif not self._closing:
             self._watch_reads()
             # Bytes that arrived with the handshake's last flight may already
             # be decrypted inside OpenSSL, where epoll cannot see them.
@@ -334,12 +353,9 @@ class TLSTransport(asyncio.Transport):
                 log.exception("error in a TLS connection's protocol")
                 self.abort()
                 return
-            if not self._sock.pending():
-                # Nothing decrypted is left inside OpenSSL: epoll (level
-                # triggered) reports what is still in the kernel, and a
-                # read now would mostly raise "want read" (an exception
-                # per request on a keep-alive connection).
-                return
+        # Read ahead (tls/openssl.py: set_read_ahead) lets OpenSSL hold whole
+        # records epoll cannot see, so reading goes on until "want read",
+        # and after READS_PER_WAKE reads, on the next turn of the loop.
         self._schedule_read()
 
     def _eof(self) -> None:
@@ -469,10 +485,12 @@ class TLSTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self._unwatch_reads()
         if self._retry is None and not self._queue:
-            self._shut()
-        # else _write_ready shuts once the queue is out
+            self._shut()  # the linger takes the read registration over
+        else:
+            # _write_ready shuts once the queue is out; meanwhile nothing is
+            # read (a level-triggered reader would spin).
+            self._unwatch_reads()
 
     def abort(self) -> None:
         if self._lost:
@@ -494,7 +512,9 @@ class TLSTransport(asyncio.Transport):
             # it by browsers). Raises "want read" on a non-blocking socket.
             self._sock.unwrap()
         self._lost = True  # no more writes or callbacks into the protocol
-        _linger(self._loop, self._sock, lambda: self._protocol.connection_lost(None))
+        watched, self._reading = self._reading, False
+        _linger(self._loop, self._sock, lambda: self._protocol.connection_lost(None),
+                watched=watched)
 
     def _fatal(self, exc: BaseException) -> None:
         log.debug("TLS connection failed: %r", exc)
