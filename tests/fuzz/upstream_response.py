@@ -23,6 +23,9 @@ Invariant checked for every input (anything else is a crash):
    certgate's reader either refuses them (it is stricter: no obs-fold, no
    Content-Length with Transfer-Encoding) or reads the same status, headers
    and body.
+5. Where the reader hands a body over to be relayed transport to transport
+   (``hand_over_body``, :mod:`certgate.proxy.bodyrelay`), the bytes it
+   hands over, cut at the count it gives, are the body its events give.
 """
 
 from __future__ import annotations
@@ -120,6 +123,37 @@ def _h11_reading(data: bytes, method: bytes) -> tuple[Any, ...] | None:
     return None
 
 
+def _handed(data: bytes, method: bytes) -> tuple[Any, ...] | None:
+    """The response as the body relay reads it: events up to the final head,
+    then ``hand_over_body`` and its count. None where nothing is handed over."""
+    reader = upstream_http.UpstreamHTTP()
+    reader.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"u")]))
+    reader.send(h11.EndOfMessage())
+    reader.receive_data(data)
+    heads = []
+    try:
+        for _ in range(len(data) + 8):
+            event = reader.next_event()
+            if not isinstance(event, upstream_http.ResponseHead):
+                return None
+            heads.append((event.status_code, event.reason,
+                          tuple(_field(*h) for h in event.headers)))
+            if event.informational:
+                if event.status_code == 101:
+                    return None
+                continue
+            handed = reader.hand_over_body()
+            if handed is None:
+                return None
+            buffered, left = handed
+            if left is None:  # to the close: the EOF that follows ends it
+                return tuple(heads), buffered, True
+            return tuple(heads), buffered[:left], len(buffered) >= left
+    except h11.RemoteProtocolError:
+        return None
+    return None
+
+
 def check(data: bytes) -> None:
     if not data:
         return
@@ -144,6 +178,9 @@ def check(data: bytes) -> None:
     pieces = _events(body, method, split=True)
     assert pieces is not None, "read whole, refused in pieces"
     assert _summary(pieces) == _summary(whole), "splitting changed the reading"
+    handed = _handed(body, method)
+    if handed is not None:
+        assert handed == _summary(whole), ("hand-over disagrees", handed, _summary(whole))
     theirs = _h11_reading(body, method)
     if theirs is not None and _summary(whole)[2]:
         assert _summary(whole) == theirs, (whole, theirs)
