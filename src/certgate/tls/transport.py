@@ -137,7 +137,7 @@ async def accept_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket,
     except BaseException:
         # Refused (OpenSSL's alert is out: let it be read), timed out, or
         # the listener stopped.
-        _linger(loop, tls, None, watched=keep_reader())
+        _linger(loop, tls, None, watched=keep_reader(), half_close=False)
         raise
     finally:
         timer.cancel()
@@ -160,19 +160,25 @@ def lingering() -> int:
 
 
 def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
-            then: Callable[[], None] | None, *, watched: bool = False) -> None:
-    """Shut the write side, drop what still arrives, then close ``sock``.
+            then: Callable[[], None] | None, *, watched: bool = False,
+            half_close: bool = True) -> None:
+    """Drop what still arrives, then close ``sock``.
 
     The bytes are read from the descriptor, under TLS: nothing read here
     is ever interpreted. ``watched``: the loop already watches the socket
     for reads (its callback is swapped, which costs no syscall).
+    ``half_close``: shut the write side first (after a close_notify, so the
+    client's read ends at once). Not after a refused handshake: Chromium,
+    seeing the end of the stream while it still sends its request, reports
+    ERR_SOCKET_NOT_CONNECTED instead of the alert (tests/browser).
     """
     global _lingering
     _lingering += 1
     fd = sock.fileno()  # -1 if already closed
-    with contextlib.suppress(OSError):
-        # ENOTCONN when the client is already gone: the linger is short then.
-        sock.shutdown(socket.SHUT_WR) if fd >= 0 else None
+    if half_close and fd >= 0:
+        with contextlib.suppress(OSError):
+            # ENOTCONN when the client is already gone: the linger is short then.
+            sock.shutdown(socket.SHUT_WR)
     reads = 0
     timer: asyncio.TimerHandle | None = None
     registered = watched
