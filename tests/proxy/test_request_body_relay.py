@@ -102,6 +102,7 @@ def test_the_request_after_the_body_is_parsed_and_judged_as_a_request(proxy, pki
     """The body's last bytes and a pipelined request in one write: the
     request is a request (to a route that refuses it), not body."""
     body = b"b" * 70_000
+    seen_before = len(upstream.paths())  # the upstream is shared with other tests
     with Connection(proxy.port, pki.context("alice")) as conn:
         conn.send_raw(head("/echo/first", len(body)) + body[:1000])
         time.sleep(0.05)
@@ -114,13 +115,13 @@ def test_the_request_after_the_body_is_parsed_and_judged_as_a_request(proxy, pki
     assert json.loads(first.body)["size"] == len(body)
     assert second.status == 403
     assert third.status == 200
-    assert "/admin/x" not in upstream.paths()
-    assert upstream.paths()[-2:] == ["/echo/first", "/echo/third"]
+    assert upstream.paths()[seen_before:] == ["/echo/first", "/echo/third"]
 
 
 def test_a_request_inside_the_body_stays_body(proxy, pki, upstream):
     smuggled = b"GET /admin/x HTTP/1.1\r\nHost: localhost\r\n\r\n"
     body = b"x" * 5000 + smuggled + b"y" * 5000 + smuggled
+    seen_before = len(upstream.paths())  # the upstream is shared with other tests
     with Connection(proxy.port, pki.context("alice")) as conn:
         conn.send_raw(head("/echo/carrier", len(body)))
         send_in_pieces(conn, body, 7)
@@ -128,7 +129,7 @@ def test_a_request_inside_the_body_stays_body(proxy, pki, upstream):
         after = get(conn, "/echo/after")
     assert answer.status == after.status == 200
     assert json.loads(answer.body)["sha256"] == sha(body)
-    assert "/admin/x" not in upstream.paths()
+    assert upstream.paths()[seen_before:] == ["/echo/carrier", "/echo/after"]
 
 
 def test_malformed_bytes_after_the_body_are_a_400_not_body(proxy, pki, upstream):
