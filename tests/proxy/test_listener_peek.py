@@ -10,6 +10,7 @@ connection reached OpenSSL with the right context.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -81,3 +82,23 @@ def test_plain_http_gets_the_one_line_answer_at_once(start_certgate) -> None:  #
         sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(200).startswith(b"HTTP/1.1 400 Bad Request")
+
+
+SLOW_HANDSHAKE = CONFIG.replace("handshake_timeout: 1", "handshake_timeout: 30")
+
+
+@pytest.mark.parametrize("cut", [3, 40])
+def test_a_hello_cut_short_by_the_clients_close_is_closed_at_once(start_certgate, cut: int) -> None:  # type: ignore[no-untyped-def]
+    """Part of a ClientHello, then FIN. The socket stays readable (end of
+    stream) while the peek keeps returning the same incomplete bytes: the
+    listener spun the event loop on it, a core per such connection until
+    the handshake timeout. No progress on a wake-up means the client is done."""
+    proxy = start_certgate(SLOW_HANDSHAKE)
+    hello = _client_hello()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(hello[:cut])
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)  # far below the 30 s handshake timeout
+        # Closed with the client's bytes unread: a reset, as nginx does, or an end.
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(1) == b""

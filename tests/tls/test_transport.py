@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -327,3 +329,108 @@ def test_a_refused_handshake_sends_the_alert_even_when_the_client_keeps_sending(
         assert isinstance(server.failure, ssl.SSLError)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("first_is_refused", [False, True], ids=["accepted", "refused"])
+def test_a_reset_with_the_last_handshake_flight_leaves_no_dead_registration(
+        contexts, pair, first_is_refused):
+    """A client sends its Finished and resets at once (SO_LINGER 0), and the
+    loop sees both in one epoll event. uvloop, on EPOLLERR, runs the fd's
+    callbacks once and then closes its poll handle but keeps it under the fd
+    number: the next add_reader on that number raised RuntimeError out of
+    accept_tls, the socket was never closed, and a later connection handed
+    the same number failed the same way (CI's soak saw the traceback).
+    With ``first_is_refused`` the server wants a client certificate the
+    client does not have: the failed handshake's linger met the dead handle.
+
+    The loop is held (waiting on the client's signal, not sleeping) from the
+    handshake's first step until the reset has been sent, so both arrive
+    together every time."""
+    server_ctx, client_ctx = contexts
+    first_ctx = server_ctx
+    if first_is_refused:
+        first_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        first_ctx.load_cert_chain(*pair)
+        first_ctx.verify_mode = ssl.CERT_REQUIRED
+        first_ctx.load_verify_locations(cafile=str(pair[0]))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client_reset = threading.Event()
+    client_failure: list[BaseException] = []
+
+    def reset_after_handshake() -> None:
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            tls = client_ctx.wrap_socket(raw, server_hostname="localhost")
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tls.close()
+        except BaseException as exc:  # reported by the test
+            client_failure.append(exc)
+        finally:
+            client_reset.set()
+
+    def echo_client() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"ping")
+            return tls.recv(100)
+
+    async def one(hold: bool, context: ssl.SSLContext) -> tuple[str, Recorder | None, int]:
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(listener)
+        fd = conn.fileno()
+        # The ClientHello is in the socket before the first step (bounded wait).
+        assert select.select([conn], [], [], 10)[0], "no ClientHello"
+        if hold:
+            loop.call_soon(client_reset.wait, 10)
+        made: list[Recorder] = []
+
+        def make() -> Recorder:
+            made.append(Recorder(echo if not hold else None))
+            return made[-1]
+
+        try:
+            await accept_tls(loop, conn, context, make, 5.0)
+        except (ssl.SSLError, OSError):
+            outcome = "refused"
+        else:
+            outcome = "accepted"
+            await asyncio.wait_for(asyncio.shield(made[0].lost), 10)
+        for _ in range(int((LINGER_SECONDS + 5) * 100)):  # bounded
+            if not lingering():
+                break
+            await asyncio.sleep(0.01)
+        return outcome, (made[0] if made else None), fd
+
+    def echo(protocol: Recorder, data: bytes) -> None:
+        assert protocol.transport is not None
+        protocol.transport.write(data.upper())
+        protocol.transport.close()
+
+    loop = uvloop.new_event_loop()
+    listener.setblocking(False)
+    try:
+        client = threading.Thread(target=reset_after_handshake, daemon=True)
+        client.start()
+        first, _, first_fd = loop.run_until_complete(one(True, first_ctx))
+        client.join(10)
+        assert not client_failure, client_failure
+        assert first == ("refused" if first_is_refused else "accepted")
+        assert lingering() == 0
+        # The next connection gets the lowest free number, the same one
+        # when nothing else took it: it must work.
+        answers: list[bytes] = []
+        second_client = threading.Thread(target=lambda: answers.append(echo_client()),
+                                         daemon=True)
+        second_client.start()
+        second, protocol, second_fd = loop.run_until_complete(one(False, server_ctx))
+        second_client.join(10)
+        assert second == "accepted"
+        assert answers == [b"PING"]
+        assert protocol is not None
+        assert protocol.events[-1] == "lost"
+        assert lingering() == 0
+        del first_fd, second_fd  # usually equal: the number was reused
+    finally:
+        loop.close()
+        listener.close()

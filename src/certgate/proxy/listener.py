@@ -25,7 +25,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from certgate import metrics
+from certgate import loopfd, metrics
 from certgate.hostnames import InvalidHost, normalise_host
 from certgate.proxy.client import ClientConnection
 from certgate.proxy.info import ConnectionInfo
@@ -128,6 +128,7 @@ class _PendingHello:
         self.timer: asyncio.TimerHandle | None = None
         self.lowat = 1
         self.watching = False  # add_reader was called (the ClientHello was incomplete)
+        self.peeked = 0  # bytes the last peek saw
 
     def start(self) -> None:
         # The ClientHello usually follows the client's ACK at once, so it is
@@ -139,7 +140,7 @@ class _PendingHello:
         loop = self.listener._loop
         timeout = self.listener._current().config.limits.handshake_timeout
         self.timer = loop.call_later(timeout, self.abandon, "timeout")
-        loop.add_reader(self.fd, self._on_readable)
+        loopfd.add_reader(loop, self.fd, self._on_readable)
         self.watching = True
 
     def _finish(self) -> None:
@@ -166,9 +167,9 @@ class _PendingHello:
             self.conn.close()
 
     def _on_readable(self) -> None:
-        self._attempt()
+        self._attempt(woken=True)
 
-    def _attempt(self) -> bool:
+    def _attempt(self, woken: bool = False) -> bool:
         """Peek at what has arrived; True once the socket is handed over or
         closed, False while more of the ClientHello is awaited."""
         try:
@@ -183,6 +184,16 @@ class _PendingHello:
             return True
         peek = peek_client_hello(data)
         if not peek.complete:
+            if woken and len(data) <= self.peeked:
+                # Woken with nothing new: with SO_RCVLOWAT at what is still
+                # missing, that is the client's FIN (or a reset: uvloop runs
+                # the callback once on an epoll error). The end of stream
+                # stays readable, so waiting would spin the loop until the
+                # handshake timeout.
+                metrics.METRICS.handshake(self.listener.label, "protocol")
+                self.abandon()
+                return True
+            self.peeked = len(data)
             if peek.need != self.lowat:
                 self.lowat = min(peek.need, _PEEK_SIZE)
                 try:

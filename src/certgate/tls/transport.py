@@ -48,6 +48,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from certgate import loopfd
+
 __all__ = ["LINGER_READS", "LINGER_SECONDS", "TLSTransport", "accept_tls", "lingering"]
 
 log = logging.getLogger("certgate.tls")
@@ -99,7 +101,7 @@ async def accept_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         if watching == [kind]:
             return
         unwatch()
-        (loop.add_reader if kind == "r" else loop.add_writer)(fd, step)
+        (loopfd.add_reader if kind == "r" else loopfd.add_writer)(loop, fd, step)
         watching.append(kind)
 
     def step() -> None:
@@ -219,9 +221,9 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
         return
     timer = loop.call_later(LINGER_SECONDS, finish)
     try:
-        loop.add_reader(fd, drop)
+        loopfd.add_reader(loop, fd, drop)
         registered = True
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: the loop closed
         finish()
 
 
@@ -258,7 +260,7 @@ class TLSTransport(asyncio.Transport):
         self._reading = watched
         self._protocol.connection_made(self)
         if self._reading:
-            self._loop.add_reader(self._fd, self._read_ready)  # swaps the callback
+            loopfd.add_reader(self._loop, self._fd, self._read_ready)  # swaps the callback
         if self._read_paused or self._closing:
             self._unwatch_reads()
         elif not self._closing:
@@ -314,7 +316,7 @@ class TLSTransport(asyncio.Transport):
 
     def _watch_reads(self) -> None:
         if not self._reading:
-            self._loop.add_reader(self._fd, self._read_ready)
+            loopfd.add_reader(self._loop, self._fd, self._read_ready)
             self._reading = True
 
     def _unwatch_reads(self) -> None:
@@ -412,7 +414,7 @@ class TLSTransport(asyncio.Transport):
 
     def _watch_writes(self) -> None:
         if not self._writing and not self._lost:
-            self._loop.add_writer(self._fd, self._write_ready)
+            loopfd.add_writer(self._loop, self._fd, self._write_ready)
             self._writing = True
 
     def _unwatch_writes(self) -> None:
