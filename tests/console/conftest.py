@@ -70,7 +70,7 @@ class Console:
     def csrf(self, who: tuple[Path, Path] | None = None) -> str:
         page = self.get("/new", who)
         assert page.status_code == 200, page.text
-        match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+        match = re.search(r'name="csrf" value="([0-9]+-[0-9a-f]{64})"', page.text)
         assert match, "no CSRF field on the page"
         return match.group(1)
 

@@ -12,11 +12,14 @@ import json
 import os
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from console.conftest import CONSOLE_HOST, Console, issue, running_console, wait_for_roles
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from certgate.config.loader import load_config_text
 from certgate.console import guard
@@ -287,6 +290,70 @@ def test_a_secret_file_that_is_a_symlink_or_readable_by_others_is_refused(
         guard.load_secret(state)
     os.chmod(loose, 0o600)
     assert guard.load_secret(state) == b"k" * guard.SECRET_BYTES
+
+
+# -- the CSRF token's age -----------------------------------------------------------
+
+SECRET = b"s" * guard.SECRET_BYTES
+FP = "ab" * 32
+NOW = 1_800_000_000.0
+
+
+def test_a_token_works_for_its_lifetime_and_not_a_second_longer() -> None:
+    token = guard.csrf_token(SECRET, FP, NOW)
+    assert guard.check_token(SECRET, FP, token, NOW).ok
+    assert guard.check_token(SECRET, FP, token, NOW + guard.TOKEN_LIFETIME).ok
+    late = guard.check_token(SECRET, FP, token, NOW + guard.TOKEN_LIFETIME + 1)
+    assert not late.ok
+    assert "expired" in late.reason
+    assert token not in late.reason
+
+
+@pytest.mark.parametrize("forge", [
+    lambda t: str(int(t.split("-")[0]) + 3600) + "-" + t.split("-")[1],  # moved forward
+    lambda t: t.split("-")[1],                                          # the MAC alone
+    lambda t: t.upper(),
+    lambda t: t + "0",
+    lambda t: " " + t,
+    lambda t: t.replace("-", "-0"),
+    lambda t: "99999999999999-" + t.split("-")[1],
+    lambda t: "",
+])
+def test_an_edited_token_is_refused(forge) -> None:  # type: ignore[no-untyped-def]
+    """The time is under the MAC: moving an old page's time forward breaks it."""
+    token = guard.csrf_token(SECRET, FP, NOW)
+    verdict = guard.check_token(SECRET, FP, forge(token), NOW + 60)
+    assert not verdict.ok
+    assert "missing or wrong" in verdict.reason
+
+
+def test_a_token_from_the_future_is_refused() -> None:
+    ahead = guard.csrf_token(SECRET, FP, NOW + guard.TOKEN_FUTURE_SLACK + 60)
+    verdict = guard.check_token(SECRET, FP, ahead, NOW)
+    assert not verdict.ok
+    assert "future" in verdict.reason
+    assert guard.check_token(SECRET, FP, guard.csrf_token(SECRET, FP, NOW + 10), NOW).ok
+
+
+def test_an_expired_token_changes_nothing_over_http(console: Console) -> None:
+    """A page made 13 hours ago (a token minted with the console's own secret
+    for the right certificate, only older): 403, and the device stays valid."""
+    secret = guard.load_secret(console.env.state)
+    cert = x509.load_pem_x509_certificate(console.admin[0].read_bytes())
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    old = guard.csrf_token(secret, fingerprint, time.time() - 13 * 3600)
+    fresh = console.csrf()
+    assert fresh.split("-")[1] != old.split("-")[1]
+    answer = console.post("/devices/kid-tablet/revoke",
+                          {"reason": "keyCompromise", "csrf": old})
+    assert answer.status_code == 403
+    assert "expired" in answer.text
+    assert console.ca_list()["kid-tablet"]["status"] == "valid"
+    # The same token made now is accepted: only its age was wrong.
+    now = guard.csrf_token(secret, fingerprint, time.time())
+    answer = console.post("/devices/kid-tablet/roles",
+                          {"role": "homework", "action": "add", "csrf": now})
+    assert answer.status_code == 303, answer.text
 
 
 def test_an_admin_demoted_mid_connection_loses_the_console(console: Console) -> None:

@@ -8,11 +8,12 @@ to the origin, including one a hostile page makes it send (a cross-site form
 POST), so each state change also needs proof that it came from the console's
 own page:
 
-* a CSRF token in the form: HMAC-SHA256 under a secret kept in the state
-  directory, over the admin certificate's SHA-256 fingerprint. It is the
-  same on every page for that certificate and useless with any other one; a
-  page of another origin cannot read it (no CORS, ``frame-ancestors
-  'none'``);
+* a CSRF token in the form: ``ISSUED-MAC``, the Unix time the page was made
+  and HMAC-SHA256 under a secret kept in the state directory over that time
+  and the admin certificate's SHA-256 fingerprint. It is useless with any
+  other certificate, and after :data:`TOKEN_LIFETIME` (a token copied out of
+  a saved page or a screenshot does not work forever); a page of another
+  origin cannot read it (no CORS, ``frame-ancestors 'none'``);
 * the request's origin: ``Origin`` must be this console's own
   ``https://HOST[:PORT]``; without an ``Origin`` header, or with the opaque
   ``Origin: null``, ``Sec-Fetch-Site`` must say ``same-origin``; with
@@ -35,6 +36,7 @@ import errno
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -42,10 +44,17 @@ from pathlib import Path
 
 from certgate.fsutil import atomic_write
 
-__all__ = ["Verdict", "check_origin", "csrf_token", "load_secret", "token_matches"]
+__all__ = ["TOKEN_LIFETIME", "Verdict", "check_origin", "check_token", "csrf_token",
+           "load_secret"]
 
 SECRET_FILE = "console.key"
 SECRET_BYTES = 32
+#: How long a console page's forms work: a working day and then some. An
+#: older page gets "reload the page", never a silent success.
+TOKEN_LIFETIME = 12 * 3600
+#: Workers and the clock share one machine; a little slack for a clock step.
+TOKEN_FUTURE_SLACK = 300
+_TOKEN = re.compile(r"([0-9]{1,12})-([0-9a-f]{64})")
 
 
 def _read(path: Path) -> bytes:
@@ -96,22 +105,40 @@ def load_secret(state_dir: Path) -> bytes:
     return data
 
 
-def csrf_token(secret: bytes, fingerprint: str) -> str:
-    """The token every form of this admin certificate carries."""
-    return hmac.new(secret, b"certgate console csrf\0" + fingerprint.encode("ascii"),
-                    hashlib.sha256).hexdigest()
+def _mac(secret: bytes, fingerprint: str, issued: int) -> str:
+    message = b"certgate console csrf\0%s\0%d" % (fingerprint.encode("ascii"), issued)
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def token_matches(secret: bytes, fingerprint: str, sent: str | None) -> bool:
-    if not sent:
-        return False
-    return hmac.compare_digest(csrf_token(secret, fingerprint), sent)
+def csrf_token(secret: bytes, fingerprint: str, now: float) -> str:
+    """The token the forms of a page made at ``now`` for this admin carry."""
+    issued = int(now)
+    return f"{issued}-{_mac(secret, fingerprint, issued)}"
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     ok: bool
     reason: str = ""
+
+
+def check_token(secret: bytes, fingerprint: str, sent: str | None, now: float) -> Verdict:
+    """Whether ``sent`` is a token this admin's page got in the last
+    :data:`TOKEN_LIFETIME` seconds. The reason never quotes the token."""
+    match = _TOKEN.fullmatch(sent or "")
+    if match is None:
+        return Verdict(False, "CSRF token missing or wrong: reload the page and try again")
+    issued = int(match.group(1))
+    if not hmac.compare_digest(_mac(secret, fingerprint, issued), match.group(2)):
+        return Verdict(False, "CSRF token missing or wrong: reload the page and try again")
+    # Judged only once the MAC holds: a forged time learns nothing.
+    if issued > now + TOKEN_FUTURE_SLACK:
+        return Verdict(False, "CSRF token from the future (has the clock stepped back?): "
+                              "reload the page and try again")
+    if now - issued > TOKEN_LIFETIME:
+        return Verdict(False, f"CSRF token expired (a page's forms work for "
+                              f"{TOKEN_LIFETIME // 3600} hours): reload the page and try again")
+    return Verdict(True)
 
 
 def _origin_of(host_header: str) -> str:

@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -90,7 +91,7 @@ class ConsoleService:
         return f"https://{authority}{prefix.rstrip('/')}"
 
     def csrf_for(self, request: AdminRequest) -> str:
-        return guard.csrf_token(self.secret, request.admin.fingerprint)
+        return guard.csrf_token(self.secret, request.admin.fingerprint, time.time())
 
     async def blocking(self, request: AdminRequest, fn: Callable[..., T], *args: object,
                        **kwargs: object) -> T:
@@ -152,8 +153,9 @@ class ConsoleService:
             sent = form_fields(admin.body).get("csrf")
         except Refused as exc:
             return exc
-        if not guard.token_matches(self.secret, admin.admin.fingerprint, sent):
-            return Refused(403, "CSRF token missing or wrong: reload the page and try again")
+        verdict = guard.check_token(self.secret, admin.admin.fingerprint, sent, time.time())
+        if not verdict.ok:
+            return Refused(403, verdict.reason)
         return None
 
 
