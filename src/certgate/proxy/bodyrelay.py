@@ -27,6 +27,7 @@ import asyncio
 
 from certgate.http.client_response import ResponseWriter
 from certgate.proxy.channel import Channel, ChannelClosed, ChannelTimeout
+from certgate.proxy.channel import settle as settle_once
 
 __all__ = ["relay_body"]
 
@@ -62,12 +63,7 @@ async def relay_body(client: Channel, upstream: Channel, writer: ResponseWriter,
     started = False
 
     def settle(exc: BaseException | None = None) -> None:
-        if done.done():
-            return
-        if exc is None:
-            done.set_result(None)
-        else:
-            done.set_exception(exc)
+        settle_once(done, exc)
 
     def sink(data: bytes) -> None:
         nonlocal left, last_progress, overran, held_since

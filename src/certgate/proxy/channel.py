@@ -64,6 +64,18 @@ class HTTPState(Protocol):
     def trailing_data(self) -> tuple[bytes, bool]: ...
 
 
+def settle(done: asyncio.Future[None], exc: BaseException | None = None) -> None:
+    """End a relay's ``done`` future with ``exc`` (or success), once: the
+    relays' callbacks (sink, end of stream, loss, timers) race to it, and
+    the first verdict is the one that counts."""
+    if done.done():
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)
+
+
 class Channel(asyncio.Protocol):
     """Bytes <-> HTTP events for one transport."""
 

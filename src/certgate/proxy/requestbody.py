@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 
 from certgate.proxy.channel import HIGH_WATER, Channel, ChannelClosed, ChannelTimeout
+from certgate.proxy.channel import settle as settle_once
 from certgate.proxy.pace import BodyPace, BodyTooSlow, Verdict
 
 __all__ = ["UpstreamNotReading", "relay_request_body"]
@@ -66,12 +67,7 @@ async def relay_request_body(client: Channel, upstream: Channel, left: int, pace
     timer: asyncio.TimerHandle | None = None
 
     def settle(exc: BaseException | None = None) -> None:
-        if done.done():
-            return
-        if exc is None:
-            done.set_result(None)
-        else:
-            done.set_exception(exc)
+        settle_once(done, exc)
 
     def sink(data: bytes) -> None:
         nonlocal left, held_since
