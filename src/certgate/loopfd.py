@@ -27,26 +27,23 @@ __all__ = ["add_reader", "add_writer"]
 
 def add_reader(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None]) -> None:
     """``loop.add_reader(fd, callback)``; a dead handle under ``fd`` is dropped first."""
-    try:
-        loop.add_reader(fd, callback)
-    except RuntimeError:
-        _drop_dead(loop, fd)
-        loop.add_reader(fd, callback)
+    _register(loop.add_reader, loop, fd, callback)
 
 
 def add_writer(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None]) -> None:
     """``loop.add_writer(fd, callback)``; a dead handle under ``fd`` is dropped first."""
+    _register(loop.add_writer, loop, fd, callback)
+
+
+def _register(add: Callable[..., object], loop: asyncio.AbstractEventLoop, fd: int,
+              callback: Callable[[], None]) -> None:
     try:
-        loop.add_writer(fd, callback)
+        add(fd, callback)
     except RuntimeError:
-        _drop_dead(loop, fd)
-        loop.add_writer(fd, callback)
-
-
-def _drop_dead(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    if loop.is_closed():
-        raise RuntimeError("the event loop is closed")
-    # A dead handle watches nothing (uvloop cleared its callbacks when it
-    # ran them), so either call removes it from the table.
-    loop.remove_reader(fd)
-    loop.remove_writer(fd)
+        if loop.is_closed():
+            raise
+        # A dead handle watches nothing (uvloop cleared its callbacks when it
+        # ran them), so removing either direction drops it from the table.
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+        add(fd, callback)
