@@ -8,13 +8,16 @@ import ssl
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from .conftest import CONSOLE_HOST, Console, issue, wait_for_roles
 from support.clients import Connection
 from support.process import wait_until
+from support.sightings import builtin_leaf
 
 PAGES = ["/", "/devices", "/devices/kid-tablet", "/devices/kid-tablet/revoke", "/new",
-         "/audit", "/ca.crt", "/crl.pem", "/static/console.css"]
+         "/audit", "/unknown", "/ca.crt", "/crl.pem", "/static/console.css"]
 ACTIONS = [("/devices/kid-tablet/revoke", {"reason": "keyCompromise"}),
            ("/devices/kid-tablet/roles", {"role": "admin", "action": "add"}),
            ("/new", {"name": "sneaky", "roles": "admin", "days": "30"}),
@@ -212,6 +215,41 @@ def test_hostile_user_agent_is_escaped_on_every_page(console: Console) -> None:
         assert "<script>alert" not in page, path
         assert "<img src=x" not in page, path
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in console.get("/devices").text
+
+
+def test_a_certificate_outside_the_inventory_is_listed_as_unknown_and_escaped(
+        console: Console) -> None:
+    """A leaf the CA's own issuing key signed that the inventory never
+    recorded (what an adopted CA's other devices hold), with markup in its
+    name and User-Agent, makes one request through the proxy: /unknown lists
+    it, escaped, and the overview counts it; the inventory's devices are not
+    listed there."""
+    evil_cn = '<b id="cn">x</b>'
+    evil_agent = '<script>alert(3)</script>"><img src=x onerror=alert(4)>'
+    base = console.env.state.parent
+    chain, key, leaf_fingerprint = builtin_leaf(
+        console.env.state, base, "stray", x509.Name([x509.NameAttribute(
+            NameOID.COMMON_NAME, evil_cn)]))
+    assert "None seen" in console.get("/unknown").text
+    ctx = ssl.create_default_context(cafile=str(console.env.root))
+    ctx.load_cert_chain(str(chain), str(key))
+    with httpx.Client(base_url=f"https://127.0.0.1:{console.port}", verify=ctx,
+                      headers={"host": "localhost", "user-agent": evil_agent}) as client:
+        assert client.get("/", extensions={"sni_hostname": "localhost"}).status_code == 200
+    wait_until(lambda: "alert(3)" in console.get("/unknown").text, 10,
+               "the stray leaf's sighting to reach the console")
+    page = console.get("/unknown").text
+    assert "&lt;b id=&#34;cn&#34;&gt;x&lt;/b&gt;" in page
+    assert '<b id="cn">' not in page
+    assert "<script>alert" not in page
+    assert "<img src=x" not in page
+    table = page[page.index("<table>"):]
+    assert "kid-tablet" not in table
+    assert "root-admin" not in table  # the admin's own sighting is a known device's
+    assert table.count("<tr>") == 2  # the header and the stray leaf
+    assert leaf_fingerprint not in page  # the serial is shown; the fingerprint is not needed
+    overview = console.get("/").text
+    assert '<div class="big">1</div><a href="/unknown">unknown certificate</a> seen' in overview
 
 
 def test_several_workers_share_the_csrf_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]

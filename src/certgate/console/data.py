@@ -18,7 +18,7 @@ from cryptography import x509
 from certgate.ca import enrollments
 from certgate.ca.audit import AuditError
 from certgate.ca.authority import CertificateAuthority
-from certgate.ca.listing import match_sightings
+from certgate.ca.listing import match_sightings, unknown_rows
 from certgate.ca.store import CertRecord
 from certgate.errors import CAError
 from certgate.lastseen import Seen, read_seen
@@ -50,13 +50,19 @@ class Snapshot:
     records: tuple[CertRecord, ...]
     seen: dict[str, Seen]  # record fingerprint -> sighting (ca.listing.match_sightings)
     enrollments: tuple[enrollments.Enrollment, ...]
+    #: Certificates presented to the proxy that no record is (``ca list
+    #: --unknown --json`` rows, newest first): an adopted CA's devices not
+    #: adopted yet, or leaves nobody here knew it had signed.
+    unknown: tuple[dict[str, Any], ...]
 
 
 def snapshot(ca: CertificateAuthority) -> Snapshot:
     inventory = ca.certificates()
+    sightings = read_seen(ca.state_dir)
     return Snapshot(inventory.now, inventory.records,
-                    match_sightings(inventory.records, read_seen(ca.state_dir)),
-                    tuple(enrollments.listing(ca)))
+                    match_sightings(inventory.records, sightings),
+                    tuple(enrollments.listing(ca)),
+                    tuple(unknown_rows(inventory.records, sightings)))
 
 
 def root_certificate(ca: CertificateAuthority) -> x509.Certificate:

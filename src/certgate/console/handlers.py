@@ -28,6 +28,7 @@ from certgate.errors import CAError, UsageError
 _AUDIT_FIELDS = ("seq", "time", "operation", "name", "serial", "actor", "via", "admin",
                  "reason", "role", "roles", "client_ip")
 AUDIT_PAGE_ENTRIES = 500
+UNKNOWN_PAGE_ROWS = 500
 PLATFORMS = (
     ("android", "Android phone or tablet"),
     ("iphone", "iPhone or iPad (Home Assistant or Immich app)"),
@@ -76,7 +77,8 @@ async def overview(service: ConsoleService, request: AdminRequest,
         pending = sum(1 for e in snap.enrollments if e.state == "pending")
         root, issuing = data.authorities(ca)
         return {"summary": views.overview(found, pending, snap.now), "root": root,
-                "issuing": issuing, "crl": data.crl_facts(ca), "now": snap.now}
+                "issuing": issuing, "crl": data.crl_facts(ca), "now": snap.now,
+                "unknown": len(snap.unknown)}
 
     return pages.render("overview.html", **_common(service, request),
                         **await service.blocking(request, read))
@@ -99,6 +101,16 @@ async def device_list(service: ConsoleService, request: AdminRequest,
     return pages.render("devices.html", **_common(service, request), devices=shown,
                         query=text, status_filter=status, sort=sort, desc=descending,
                         statuses=views.STATUSES, columns=columns)
+
+
+async def unknown_list(service: ConsoleService, request: AdminRequest,
+                       match: re.Match[str]) -> EnrollResponse:
+    """Certificates the proxy saw that the inventory lacks (read-only: adopting
+    one needs its certificate file, ``certgate ca adopt``)."""
+    snap = await service.blocking(request, data.snapshot, service.ca)
+    return pages.render("unknown.html", **_common(service, request),
+                        rows=snap.unknown[:UNKNOWN_PAGE_ROWS], total=len(snap.unknown),
+                        limit=UNKNOWN_PAGE_ROWS)
 
 
 def _entry(entry: dict[str, Any]) -> dict[str, Any]:

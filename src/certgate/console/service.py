@@ -185,6 +185,7 @@ def routes() -> tuple[Entry, ...]:
     return (
         Entry(get, re.compile(r"/"), h.overview),
         Entry(get, re.compile(r"/devices"), h.device_list),
+        Entry(get, re.compile(r"/unknown"), h.unknown_list),
         Entry(get, re.compile(rf"/devices/{name}"), h.device_page),
         Entry(get, re.compile(rf"/devices/{name}/revoke"), h.revoke_form),
         Entry(post, re.compile(rf"/devices/{name}/revoke"), h.revoke),
