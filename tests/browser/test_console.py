@@ -48,6 +48,7 @@ from support.enrolling import Enrolling, running_enrolling
 from support.png import read_grey
 from support.process import wait_until
 from support.screenshots import screenshot_dir
+from support.sightings import builtin_leaf
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -353,6 +354,24 @@ def test_console_walk_through(env: Enrolling, seeded: None, driver: webdriver.Ch
     entry = [e for e in env.audit() if e["operation"] == "revoke"][-1]
     assert entry["name"] == DEVICE
     assert entry["admin"]["cn"] == ADMIN
+
+    # A leaf the CA's key signed outside the inventory (an adopted CA's old
+    # device) makes one request: the Unknown certificates page lists it.
+    stray = builtin_leaf(env.state, tmp_path, "old-laptop", x509.Name(
+        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "old-laptop")]))
+    assert _get(env, (stray[0], stray[1]), "localhost", user_agent="OldLaptop/1.0") == 200
+    deadline = time.monotonic() + 15
+    while True:
+        walk.open("/unknown")
+        walk.expect_heading("Unknown certificates")
+        table = str(driver.find_element(By.TAG_NAME, "table").text)
+        if "old-laptop" in table:
+            break
+        assert time.monotonic() < deadline, f"old-laptop not listed: {table!r}"
+        time.sleep(0.3)
+    assert "OldLaptop/1.0" in table
+    assert DEVICE not in table
+    walk.shoot("unknown")
 
     walk.open("/audit")
     walk.expect_heading("Audit log")
