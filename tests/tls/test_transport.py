@@ -434,3 +434,37 @@ def test_a_reset_with_the_last_handshake_flight_leaves_no_dead_registration(
     finally:
         loop.close()
         listener.close()
+
+
+def test_a_close_with_bytes_the_client_never_reads_ends_at_the_flush_deadline(
+        serve, contexts, monkeypatch):
+    """close() waits for the queued bytes to leave before close_notify and
+    the linger. A client that never reads (zero window; the kernel probes it
+    forever) kept the socket, the queue and the protocol for good: nothing
+    bounded the wait (uvloop's TLS layer gave up after its 30 s
+    ssl_shutdown_timeout). The close must abort once CLOSE_FLUSH_SECONDS pass."""
+    from certgate.tls import transport as module
+    monkeypatch.setattr(module, "CLOSE_FLUSH_SECONDS", 0.5)
+    payload = b"z" * (4 * 1024 * 1024)  # far more than both sockets' buffers
+
+    def answer_and_close(protocol: Recorder, data: bytes) -> None:
+        assert protocol.transport is not None
+        protocol.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        protocol.transport.write(payload)
+        protocol.transport.close()
+
+    server = serve(lambda: Recorder(answer_and_close))
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", server.port))
+    with contexts[1].wrap_socket(raw, server_hostname="localhost") as client:
+        client.sendall(b"go")  # and never read
+        assert server.ready.wait(10)
+        wait_for(lambda: server.protocol is not None and server.protocol.lost.done(), 10,
+                 "connection_lost after the flush deadline")
+        assert server.protocol is not None
+        assert server.protocol.events[-1] == "lost"
+        assert server.protocol.transport is not None
+        assert server.protocol.transport.get_write_buffer_size() == 0
