@@ -150,9 +150,27 @@ async def accept_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         raise
     finally:
         timer.cancel()
-    transport = TLSTransport(loop, tls, protocol_factory(), context)
-    transport.start(watched=keep_reader())
+    watched = keep_reader()
+    try:
+        transport = TLSTransport(loop, tls, protocol_factory(), context)
+    except BaseException:
+        # Still watched by step(), which now returns at once: it would spin.
+        _close_now(loop, tls, watched)
+        raise
+    try:
+        transport.start(watched=watched)
+    except BaseException:
+        transport.discard()
+        raise
     return transport
+
+
+def _close_now(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, watched: bool) -> None:
+    if watched:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(sock.fileno())
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def _expire(done: asyncio.Future[None]) -> None:
@@ -521,6 +539,19 @@ class TLSTransport(asyncio.Transport):
         with contextlib.suppress(OSError):
             self._sock.close()
         self._connection_lost(None)
+
+    def discard(self) -> None:
+        """Unwatch and close the socket without calling the protocol: its
+        connection_made failed, so it gets no connection_lost either."""
+        self._closing = self._lost = True
+        self._unwatch_reads()
+        self._unwatch_writes()
+        self._cancel_flush_timer()
+        self._queue.clear()
+        self._retry = None
+        self._queued = 0
+        with contextlib.suppress(OSError):
+            self._sock.close()
 
     def _shut(self) -> None:
         """close_notify, then linger, then connection_lost."""
