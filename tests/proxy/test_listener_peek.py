@@ -11,11 +11,16 @@ connection reached OpenSSL with the right context.
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
 import socket
 import ssl
 import time
 
 import pytest
+
+from support.clients import Connection
+from support.process import wait_until
 
 CONFIG = """
 state_dir: {state}
@@ -102,3 +107,46 @@ def test_a_hello_cut_short_by_the_clients_close_is_closed_at_once(start_certgate
         # Closed with the client's bytes unread: a reset, as nginx does, or an end.
         with contextlib.suppress(ConnectionResetError):
             assert sock.recv(1) == b""
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_running_out_of_descriptors_does_not_spin_the_accept_loop(start_certgate, pki) -> None:  # type: ignore[no-untyped-def]
+    """accept() failing with EMFILE leaves the connection in the backlog and
+    the listening socket readable: the accept callback, which logged and
+    returned, ran again at once, a core and a log line per turn of the
+    loop for as long as the descriptors stayed used (connections an
+    attacker holds open). Accepting pauses for a moment instead, then
+    resumes on its own."""
+    proxy = start_certgate(SLOW_HANDSHAKE)
+    assert proxy.proc is not None
+    pid = proxy.proc.pid
+    used = len(os.listdir(f"/proc/{pid}/fd"))
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    held: list[socket.socket] = []
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 3, hard))
+        for _ in range(8):  # a few accepted (waiting for a ClientHello), the rest refused
+            held.append(socket.create_connection(("127.0.0.1", proxy.port)))
+        wait_until(lambda: "accept failed" in proxy.log_text(), 10, "an EMFILE from accept")
+        lines_before = proxy.log_text().count("accept failed")
+        cpu_before = _cpu_seconds(pid)
+        window = time.monotonic() + 1.0
+        while time.monotonic() < window:  # a measuring window, not a wait
+            time.sleep(0.05)
+        spent = _cpu_seconds(pid) - cpu_before
+        logged = proxy.log_text().count("accept failed") - lines_before
+        assert spent < 0.3, f"certgate used {spent:.2f} s of CPU in 1 s while out of descriptors"
+        assert logged <= 5, f"{logged} 'accept failed' lines in 1 s"
+    finally:
+        for sock in held:
+            sock.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    # Accepting resumed: a new client is served.
+    with Connection(proxy.port, pki.context("alice"), timeout=10) as conn:
+        assert conn.request("GET", "/").status == 200

@@ -434,3 +434,94 @@ def test_a_reset_with_the_last_handshake_flight_leaves_no_dead_registration(
     finally:
         loop.close()
         listener.close()
+
+
+def test_a_close_with_bytes_the_client_never_reads_ends_at_the_flush_deadline(
+        serve, contexts, monkeypatch):
+    """close() waits for the queued bytes to leave before close_notify and
+    the linger. A client that never reads (zero window; the kernel probes it
+    forever) kept the socket, the queue and the protocol for good: nothing
+    bounded the wait (uvloop's TLS layer gave up after its 30 s
+    ssl_shutdown_timeout). The close must abort once CLOSE_FLUSH_SECONDS pass."""
+    from certgate.tls import transport as module
+    monkeypatch.setattr(module, "CLOSE_FLUSH_SECONDS", 0.5)
+    payload = b"z" * (4 * 1024 * 1024)  # far more than both sockets' buffers
+
+    def answer_and_close(protocol: Recorder, data: bytes) -> None:
+        assert protocol.transport is not None
+        protocol.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        protocol.transport.write(payload)
+        protocol.transport.close()
+
+    server = serve(lambda: Recorder(answer_and_close))
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", server.port))
+    with contexts[1].wrap_socket(raw, server_hostname="localhost") as client:
+        client.sendall(b"go")  # and never read
+        assert server.ready.wait(10)
+        wait_for(lambda: server.protocol is not None and server.protocol.lost.done(), 10,
+                 "connection_lost after the flush deadline")
+        assert server.protocol is not None
+        assert server.protocol.events[-1] == "lost"
+        assert server.protocol.transport is not None
+        assert server.protocol.transport.get_write_buffer_size() == 0
+
+
+def test_a_protocol_failing_in_connection_made_leaves_no_socket_behind(contexts):
+    """The protocol factory or connection_made raising (a bug, or a
+    certificate the identity parser chokes on) left the socket open and
+    still watched by the finished handshake's callback, which returns at
+    once: the client's next bytes spun the loop, and the descriptor was
+    never closed. The socket must be closed and unwatched, the error raised."""
+    server_ctx, client_ctx = contexts
+
+    class Failing(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            raise RuntimeError("protocol bug")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client_saw: list[object] = []
+    client_done = threading.Event()
+
+    def client() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                client_saw.append(tls.recv(100))  # b"" at the server's close
+        except (OSError, ssl.SSLError) as exc:
+            client_saw.append(exc)  # a timeout when the server kept the socket
+        finally:
+            client_done.set()
+
+    async def serve() -> tuple[BaseException | None, float]:
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(listener)
+        failure: BaseException | None = None
+        try:
+            await accept_tls(loop, conn, server_ctx, Failing, 5.0)
+        except RuntimeError as exc:
+            failure = exc
+        started = time.process_time()
+        # The loop keeps running (as certgate's does) while the client waits.
+        await loop.run_in_executor(None, client_done.wait, 10)
+        return failure, time.process_time() - started
+
+    loop = uvloop.new_event_loop()
+    listener.setblocking(False)
+    thread = threading.Thread(target=client, daemon=True)
+    try:
+        thread.start()
+        failure, cpu = loop.run_until_complete(serve())
+        thread.join(10)
+    finally:
+        loop.close()
+        listener.close()
+    assert isinstance(failure, RuntimeError)
+    assert client_saw
+    assert not isinstance(client_saw[0], TimeoutError), "the server kept the socket"
+    assert cpu < 1.0, f"the loop spun: {cpu:.2f} s of CPU"

@@ -277,14 +277,29 @@ class Channel(asyncio.Protocol):
             else:
                 self.transport.write(data)
 
-    async def drain(self) -> None:
+    async def drain(self, give_up_after: float | None = None) -> None:
+        """Wait while the transport holds more than its high-water mark.
+
+        ``give_up_after``: a peer that lets nothing drain for that long has its
+        connection aborted and ChannelClosed is raised. A client that never
+        reads advertises a zero window, which the kernel probes forever:
+        nothing else would end the wait.
+        """
         if self._lost:
             raise ChannelClosed("connection lost")
         if not self._writing_paused:
             return
         waiter = self._loop.create_future()
         self._drain_waiter = waiter
-        await waiter
+        if give_up_after is None:
+            await waiter
+            return
+        try:
+            async with asyncio.timeout(give_up_after):
+                await waiter
+        except TimeoutError:
+            self.abort()
+            raise ChannelClosed(f"peer took nothing for {give_up_after:g}s") from None
 
     def close(self) -> None:
         self.cancel_deadline()

@@ -398,7 +398,7 @@ class ClientConnection(Channel):
         if request.method != b"HEAD":
             self.send(h11.Data(data=body))
         self.send(h11.EndOfMessage())
-        await self.drain()
+        await self.drain(admitted.route.timeouts.read)
         error = HTTPError(response.status_code, note) if note else None
         self._record(request, admitted, response.status_code, 0, self.bytes_out - out_before,
                      started, error)
@@ -425,7 +425,9 @@ class ClientConnection(Channel):
             self.send(response)
             self.send(h11.Data(data=body))
             self.send(h11.EndOfMessage())
-            await self.drain()
+            # A client that never reads its refusals must not pin the connection.
+            await self.drain(admitted.route.timeouts.read if admitted is not None
+                             else self.runtime.config.limits.header_timeout)
         except (h11.LocalProtocolError, ChannelClosed):
             close = True
         self._record(request, admitted, error.status, 0, self.bytes_out - out_before, started,

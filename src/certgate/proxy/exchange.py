@@ -322,7 +322,8 @@ async def _deliver(
             if isinstance(event, h11.Data):
                 client.write_raw(writer.data(event.data))
                 if not client.corked:
-                    await client.drain()
+                    # A client that stops reading: bodyrelay.py's send_timeout.
+                    await client.drain(plan.read_timeout)
             elif isinstance(event, h11.EndOfMessage):
                 client.write_raw(writer.end())
                 client.uncork()

@@ -13,12 +13,16 @@ handshake on the socket itself (OpenSSL reads and writes it; see there why
 not uvloop's TLS layer). A connection that does not send a complete
 ClientHello within ``limits.handshake_timeout`` is closed; so is one whose
 first bytes are not TLS (a plain ``GET`` gets a one-line 400 first, like nginx's 497 page).
+When ``accept`` fails for want of descriptors (EMFILE), accepting pauses
+for :data:`ACCEPT_PAUSE`: the backlog keeps the listening socket readable,
+and retrying at once would spin the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -43,6 +47,11 @@ ACCEPT_BATCH = 64
 # SO_RCVLOWAT cannot usefully exceed half the receive buffer; a ClientHello
 # this large is refused by the parser anyway.
 _PEEK_SIZE = MAX_CLIENT_HELLO + 5
+# accept() failing for want of descriptors or memory leaves the connection in
+# the backlog and the listening socket readable: accepting pauses this long
+# instead of spinning (nginx waits 500 ms too).
+ACCEPT_PAUSE = 0.5
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PLAIN_HTTP_ANSWER = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n"
     b"content-length: 47\r\n\r\n400 Bad Request: this port only speaks HTTPS\n"
@@ -60,6 +69,7 @@ class Listener:
         self._pending: set[_PendingHello] = set()
         self.handshake_failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resume: asyncio.TimerHandle | None = None  # accepting paused (EMFILE)
 
     def start(self) -> None:
         self.sock.setblocking(False)
@@ -67,6 +77,9 @@ class Listener:
 
     def stop(self) -> None:
         """Stop accepting and drop connections still in the ClientHello stage."""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
@@ -81,6 +94,8 @@ class Listener:
                 return
             except OSError as exc:  # EMFILE and friends: log, keep serving others
                 log.warning("accept failed on %s: %s", self.label, exc)
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting()
                 return
             conn.setblocking(False)
             with contextlib.suppress(OSError):
@@ -89,6 +104,15 @@ class Listener:
             pending = _PendingHello(self, conn, peer_ip)
             self._pending.add(pending)
             pending.start()
+
+    def _pause_accepting(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self.sock.fileno())
+        self._resume = self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        self._loop.add_reader(self.sock.fileno(), self._on_acceptable)
 
     def hand_over(self, conn: socket.socket, peer_ip: str, sni_raw: str | None) -> None:
         runtime = self._current()

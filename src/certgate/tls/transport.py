@@ -33,7 +33,8 @@ Theory of operation.
   requires. ``pause_writing``/``resume_writing`` follow the queue's size.
 * ``close()`` flushes the queue, sends ``close_notify``, shuts the write
   side and lingers as above before the socket is closed and
-  ``connection_lost`` is called; ``abort()`` closes at once.
+  ``connection_lost`` is called; ``abort()`` closes at once. A queue the
+  client never takes is dropped after :data:`CLOSE_FLUSH_SECONDS` (abort).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from typing import Any
 
 from certgate import loopfd
 
-__all__ = ["LINGER_READS", "LINGER_SECONDS", "TLSTransport", "accept_tls", "lingering"]
+__all__ = ["CLOSE_FLUSH_SECONDS", "LINGER_READS", "LINGER_SECONDS", "TLSTransport", "accept_tls",
+           "lingering"]
 
 log = logging.getLogger("certgate.tls")
 
@@ -68,6 +70,11 @@ READS_PER_WAKE = 16
 JOIN_LIMIT = 256 * 1024
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
+#: How long ``close()`` waits for queued bytes to leave before it aborts: a
+#: client that never reads advertises a zero window, which the kernel
+#: probes forever (uvloop's TLS layer had the same bound, its
+#: ssl_shutdown_timeout).
+CLOSE_FLUSH_SECONDS = 30.0
 
 
 async def accept_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket,
@@ -143,9 +150,27 @@ async def accept_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         raise
     finally:
         timer.cancel()
-    transport = TLSTransport(loop, tls, protocol_factory(), context)
-    transport.start(watched=keep_reader())
+    watched = keep_reader()
+    try:
+        transport = TLSTransport(loop, tls, protocol_factory(), context)
+    except BaseException:
+        # Still watched by step(), which now returns at once: it would spin.
+        _close_now(loop, tls, watched)
+        raise
+    try:
+        transport.start(watched=watched)
+    except BaseException:
+        transport.discard()
+        raise
     return transport
+
+
+def _close_now(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, watched: bool) -> None:
+    if watched:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(sock.fileno())
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def _expire(done: asyncio.Future[None]) -> None:
@@ -251,6 +276,7 @@ class TLSTransport(asyncio.Transport):
         self._low = LOW_WATER
         self._closing = False
         self._lost = False
+        self._flush_timer: asyncio.TimerHandle | None = None  # close() waiting on the queue
 
     # -- setup and introspection -------------------------------------------
     def start(self, watched: bool = False) -> None:
@@ -499,6 +525,7 @@ class TLSTransport(asyncio.Transport):
             # _write_ready shuts once the queue is out; meanwhile nothing is
             # read (a level-triggered reader would spin).
             self._unwatch_reads()
+            self._flush_timer = self._loop.call_later(CLOSE_FLUSH_SECONDS, self.abort)
 
     def abort(self) -> None:
         if self._lost:
@@ -508,12 +535,27 @@ class TLSTransport(asyncio.Transport):
         self._unwatch_writes()
         self._queue.clear()
         self._retry = None
+        self._queued = 0
         with contextlib.suppress(OSError):
             self._sock.close()
         self._connection_lost(None)
 
+    def discard(self) -> None:
+        """Unwatch and close the socket without calling the protocol: its
+        connection_made failed, so it gets no connection_lost either."""
+        self._closing = self._lost = True
+        self._unwatch_reads()
+        self._unwatch_writes()
+        self._cancel_flush_timer()
+        self._queue.clear()
+        self._retry = None
+        self._queued = 0
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
     def _shut(self) -> None:
         """close_notify, then linger, then connection_lost."""
+        self._cancel_flush_timer()
         self._unwatch_writes()
         with contextlib.suppress(ssl.SSLError, OSError, ValueError):
             # Sends close_notify; the peer's own is not waited for (nor is
@@ -533,11 +575,18 @@ class TLSTransport(asyncio.Transport):
         self._unwatch_writes()
         self._queue.clear()
         self._retry = None
+        self._queued = 0
         with contextlib.suppress(OSError):
             self._sock.close()
         self._connection_lost(exc if isinstance(exc, Exception) else None)
 
+    def _cancel_flush_timer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
     def _connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_flush_timer()
         if self._lost:
             return
         self._lost = True
