@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from certgate.tls.transport import LINGER_SECONDS
+
 from support.clients import Connection
 from support.process import wait_until
 
@@ -150,3 +152,25 @@ def test_running_out_of_descriptors_does_not_spin_the_accept_loop(start_certgate
     # Accepting resumed: a new client is served.
     with Connection(proxy.port, pki.context("alice"), timeout=10) as conn:
         assert conn.request("GET", "/").status == 200
+
+
+def test_a_trickled_hello_does_not_get_a_second_handshake_timeout(start_certgate) -> None:  # type: ignore[no-untyped-def]
+    """The ClientHello's wait and the handshake share one deadline: a client
+    that completes its hello just before ``handshake_timeout`` and then
+    stalls the handshake was given a whole new ``handshake_timeout``."""
+    proxy = start_certgate(CONFIG.replace("handshake_timeout: 1", "handshake_timeout: 2"))
+    hello = _client_hello()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        started = time.monotonic()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(hello[:5])
+        time.sleep(1.5)  # the client's pace, not a wait for a result
+        sock.sendall(hello[5:])
+        assert _first_record_type(sock) == 22  # handed over, in the handshake now
+        sock.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(65536):  # the server's flight, then its close
+                pass
+        elapsed = time.monotonic() - started
+    # One deadline of 2 s, then the linger before the close; not 1.5 + 2 + linger.
+    assert 1.9 + LINGER_SECONDS <= elapsed < 2.9 + LINGER_SECONDS, elapsed

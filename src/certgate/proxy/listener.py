@@ -114,7 +114,11 @@ class Listener:
         self._resume = None
         self._loop.add_reader(self.sock.fileno(), self._on_acceptable)
 
-    def hand_over(self, conn: socket.socket, peer_ip: str, sni_raw: str | None) -> None:
+    def hand_over(self, conn: socket.socket, peer_ip: str, sni_raw: str | None,
+                  accepted_at: float | None = None) -> None:
+        """Start the TLS handshake on ``conn``; ``accepted_at`` (loop time)
+        makes ``limits.handshake_timeout`` one deadline for the ClientHello
+        and the handshake together, not one each."""
         runtime = self._current()
         sni: str | None = None
         if sni_raw is not None:
@@ -123,15 +127,18 @@ class Listener:
         mode = runtime.routes.handshake_mode(sni)
         context = runtime.contexts.select(sni, mode)
         info = ConnectionInfo(self.label, peer_ip, sni, mode)
-        task = self._loop.create_task(self._start_tls(runtime, conn, context, info))
+        timeout = runtime.config.limits.handshake_timeout
+        if accepted_at is not None:
+            timeout = max(0.0, timeout - (self._loop.time() - accepted_at))
+        task = self._loop.create_task(self._start_tls(runtime, conn, context, info, timeout))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _start_tls(self, runtime: Runtime, conn: socket.socket, context: ssl.SSLContext,
-                         info: ConnectionInfo) -> None:
+                         info: ConnectionInfo, seconds: float) -> None:
         try:
             await accept_tls(self._loop, conn, context, lambda: ClientConnection(runtime, info),
-                             runtime.config.limits.handshake_timeout)
+                             seconds)
         except (ssl.SSLError, OSError, TimeoutError) as failure:
             # OpenSSL's alert has gone out; the socket lingers and closes on
             # its own (tls/transport.py).
@@ -153,6 +160,7 @@ class _PendingHello:
         self.lowat = 1
         self.watching = False  # add_reader was called (the ClientHello was incomplete)
         self.peeked = 0  # bytes the last peek saw
+        self.waiting_since: float | None = None  # loop time the hello began to be awaited
 
     def start(self) -> None:
         # The ClientHello usually follows the client's ACK at once, so it is
@@ -163,6 +171,7 @@ class _PendingHello:
             return
         loop = self.listener._loop
         timeout = self.listener._current().config.limits.handshake_timeout
+        self.waiting_since = loop.time()
         self.timer = loop.call_later(timeout, self.abandon, "timeout")
         loopfd.add_reader(loop, self.fd, self._on_readable)
         self.watching = True
@@ -241,5 +250,5 @@ class _PendingHello:
             except OSError:
                 self.abandon()
                 return True
-        self.listener.hand_over(self.conn, self.peer_ip, peek.sni)
+        self.listener.hand_over(self.conn, self.peer_ip, peek.sni, self.waiting_since)
         return True
