@@ -114,6 +114,31 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     assert problems[0].startswith(f"{tmp_path / 'c.yaml'}:")
 
 
+@pytest.mark.parametrize("value", [
+    "!!binary x",                         # bad base64
+    "!!python/name:os.system x",          # a tag the safe loader refuses
+    "!!python/object/apply:os.system [id]",
+    "!!int abc",
+    "!!float abc",
+    "!!timestamp 2026-13-45",
+])
+def test_a_value_with_a_tag_that_cannot_be_read_is_a_problem_not_a_traceback(
+        tmp_path, value):
+    problems = _problems(f"state_dir: {value}\n" + MINIMAL, tmp_path)
+    assert problems[0].startswith(f"{tmp_path / 'c.yaml'}:1: state_dir: "), problems
+    assert len([p for p in problems if ":1: state_dir:" in p]) == 1, problems
+
+
+def test_check_cli_reports_an_unreadable_tag_with_exit_2(tmp_path):
+    config = tmp_path / "certgate.yaml"
+    config.write_text("routes:\n  - host: ha.example.com\n    upstream: !!binary x\n")
+    done = subprocess.run([sys.executable, "-m", "certgate", "check", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"{config}:3: routes[0].upstream: cannot read this value" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
 def test_check_cli_names_typo_and_missing_file(tmp_path):
     """Acceptance 7: exit 2, both problems with file:line."""
     config = tmp_path / "certgate.yaml"

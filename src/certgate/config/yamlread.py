@@ -63,8 +63,11 @@ class Reader:
         self.base_dir = base_dir
         self.problems: list[str] = []
         self._constructor = yaml.SafeLoader("")
+        self._unreadable: set[int] = set()  # ids of nodes already reported as unreadable
 
     def problem(self, node: Node | None, path: str, message: str) -> None:
+        if node is not None and id(node) in self._unreadable:
+            return  # said once: "expected a string" on top would only confuse
         line = node.start_mark.line + 1 if node is not None else 1
         self.problems.append(f"{self.source}:{line}: {path}: {message}")
 
@@ -72,7 +75,16 @@ class Reader:
         if not isinstance(node, yaml.ScalarNode):
             self.problem(node, path, "expected a single value")
             return None
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            # An explicit tag the safe loader cannot build (!!python/name:...,
+            # !!binary with bad base64, !!int abc): the config's mistake, so a
+            # FILE:LINE problem like any other, not a traceback.
+            reason = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+            self.problem(node, path, f"cannot read this value: {reason.splitlines()[0]}")
+            self._unreadable.add(id(node))
+            return None
 
     def mapping(
         self, node: Node, path: str, allowed: set[str], required: tuple[str, ...] = ()
