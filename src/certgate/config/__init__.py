@@ -1,7 +1,8 @@
 """Configuration: schema (frozen dataclasses), loader (strict YAML: yamlread, builder,
-routes, diskchecks)."""
+routes, diskchecks).
 
-from certgate.config.loader import load_config, load_config_text, state_dir_from_config
-from certgate.config.schema import Config
-
-__all__ = ["Config", "load_config", "load_config_text", "state_dir_from_config"]
+Import from the modules (``certgate.config.loader``, ``certgate.config.schema``):
+this package imports nothing itself, because ``tls.contexts`` needs the schema
+while the loader needs ``tls.contexts`` to check certificates on disk; an
+eager import here made ``import certgate.tls.contexts`` on its own fail.
+"""
