@@ -43,7 +43,8 @@ def load_config_text(text: str, source: str, base_dir: Path | None = None) -> Co
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate a config file (structure only; see ``check`` for files)."""
+    """Read and validate a config file: its structure, and that the files it
+    names exist and load (:mod:`certgate.config.diskchecks`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
