@@ -10,8 +10,11 @@ the middle of an arena, glibc >= 2.8) brought it back to within 15 MB. It is
 retention, not a leak: a second burst reuses the same memory.
 
 So once the number of open connections has fallen far below its recent
-peak, a trim is scheduled (once, a second later, so a closing burst costs
-one call; a trim of a few hundred MB heap takes milliseconds).
+peak, a trim is scheduled for a second after the last close of the burst
+(each further close pushes it back, for at most :data:`TRIM_MAX_WAIT`), so
+a closing burst costs one call and the trim comes after the whole burst has
+been freed, not in its middle; a trim of a few hundred MB heap takes
+milliseconds.
 :class:`TrimPolicy` is the pure decision; :func:`malloc_trim` is the call,
 a no-op where the C library has none (musl, macOS).
 """
@@ -28,8 +31,10 @@ __all__ = ["TRIM_AFTER", "TrimPolicy", "malloc_trim", "note_closed", "note_opene
 #: Connections that must have closed since the peak before a trim is worth
 #: it: 256 x ~40 KiB is ~10 MiB, half the 20 MB growth issue #11 allows.
 TRIM_AFTER = 256
-#: Delay so the rest of a closing burst lands before the one trim.
+#: Quiet time after a close before the trim, so the rest of a burst lands first.
 TRIM_DELAY = 1.0
+#: A steady stream of closes still gets its trim this long after it fell due.
+TRIM_MAX_WAIT = 5.0
 
 
 class TrimPolicy:
@@ -39,18 +44,26 @@ class TrimPolicy:
         self.trim_after = trim_after
         self.open = 0
         self.peak = 0
+        self.due_since: float | None = None  # when the pending trim fell due
 
     def opened(self) -> None:
         self.open += 1
         self.peak = max(self.peak, self.open)
 
-    def closed(self) -> bool:
-        """One connection closed; True when a trim should be scheduled."""
+    def closed(self, now: float = 0.0) -> float | None:
+        """One connection closed at ``now``; when the trim should run, or None
+        while none is due. Each close of a burst pushes the time back, up to
+        :data:`TRIM_MAX_WAIT` after the trim fell due."""
         self.open = max(0, self.open - 1)
-        return self.peak - self.open >= self.trim_after
+        if self.peak - self.open < self.trim_after:
+            return None
+        if self.due_since is None:
+            self.due_since = now
+        return min(now + TRIM_DELAY, self.due_since + TRIM_MAX_WAIT)
 
     def trimmed(self) -> None:
         self.peak = self.open
+        self.due_since = None
 
 
 def _load() -> Callable[[int], int] | None:
@@ -89,13 +102,18 @@ def note_opened() -> None:
 def note_closed() -> None:
     """Called by the runtime for every closed client connection (on the loop)."""
     global _pending
-    if not _POLICY.closed() or _pending is not None:
-        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    _pending = loop.call_later(TRIM_DELAY, _run)
+    when = _POLICY.closed(loop.time())
+    if when is None:
+        return
+    if _pending is not None:
+        if _pending.when() >= when:
+            return
+        _pending.cancel()
+    _pending = loop.call_at(when, _run)
 
 
 def _run() -> None:
