@@ -203,6 +203,10 @@ def test_bytes_both_ways_and_callbacks_in_order(serve, contexts):
     server.finished.wait(10)
     assert server.protocol is not None
     assert server.protocol.events == ["made", "eof", "lost"]
+    # The transport lets go of its protocol once it is lost: otherwise the
+    # two keep each other (and the connection's state) for the cyclic GC.
+    assert server.protocol.transport is not None
+    assert server.protocol.transport.get_protocol() is not server.protocol
 
 
 def test_writes_past_the_high_water_mark_pause_then_resume_and_all_arrive(serve, contexts):
