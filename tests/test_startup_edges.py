@@ -124,3 +124,58 @@ def test_listening_inodes_matches_address_and_wildcards() -> None:
     assert listening_inodes(TABLE, "127.0.0.2", 8080) == []
     assert listening_inodes(TABLE, "0.0.0.0", 8080) == [222]
     assert listening_inodes("garbage\n1: zz:zz 0 0A a b c d e f\n", "127.0.0.1", 1) == []
+
+
+def _reload(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certgate", "reload", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+
+
+def test_reload_with_another_file_than_the_running_one_refuses(tmp_path: Path) -> None:
+    """A SIGHUP makes certgate re-read the file it was started with. `certgate
+    reload -c OTHER` (same state directory) printed "OK; asked certgate to
+    reload" and the running proxy reloaded its own file: OTHER's routes and
+    listeners never appeared (found by a newcomer trial)."""
+    state = tmp_path / "state"
+    first = CertgateProcess(CONFIG.format(state=state, port=free_port(), workers=1),
+                            tmp_path).start()
+    try:
+        assert first.proc is not None
+        other = tmp_path / "other.yaml"
+        other.write_text(CONFIG.format(state=state, port=free_port(), workers=1))
+        refused = _reload(other, tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr
+        running = str((tmp_path / "certgate.yaml").resolve())
+        assert f"certgate (pid {first.proc.pid}) runs {running}, not {other}" \
+            in refused.stderr, refused.stderr
+        assert "OK" not in refused.stdout
+        # The file it runs, named another way (relative, from elsewhere): reloads.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        same = _reload(Path("..") / "certgate.yaml", elsewhere)
+        assert same.returncode == 0, same.stderr
+        first.wait_for_log("configuration reloaded")
+    finally:
+        assert first.stop() == 0
+
+
+def test_reload_cannot_switch_the_embedded_default_to_a_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    port = free_port()
+    first = CertgateProcess(None, tmp_path, env={"CERTGATE_STATE_DIR": str(state),
+                                                 "CERTGATE_LISTEN": f"127.0.0.1:{port}"})
+    first.start()
+    try:
+        assert first.proc is not None
+        config = tmp_path / "mine.yaml"
+        config.write_text(CONFIG.format(state=state, port=free_port(), workers=1))
+        refused = _reload(config, tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert f"certgate (pid {first.proc.pid}) runs the embedded default" in refused.stderr
+        assert f"certgate run -c {config}" in refused.stderr
+        second = run_once(config, tmp_path)  # and run says what runs there
+        assert second.returncode != 0
+        assert "running (embedded default)" in second.stderr, second.stderr
+    finally:
+        assert first.stop() == 0

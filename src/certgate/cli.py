@@ -74,7 +74,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     from certgate.config.loader import load_config
     from certgate.errors import UsageError
-    from certgate.supervisor import pid_file
+    from certgate.supervisor import EMBEDDED, describe_config, pid_file, running_config
 
     config = load_config(args.config)
     if args.pid is not None:
@@ -87,6 +87,19 @@ def cmd_reload(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read the pid of the running certgate from {path}: "
                              f"{getattr(exc, 'strerror', None) or exc} (is it running? "
                              "give --pid)") from None
+    record = running_config(config.state_dir)
+    if record is not None and record[0] == pid and record[1] != describe_config(args.config):
+        # A SIGHUP makes certgate re-read the file it was started with: saying
+        # "OK, reloading" for another file would report a change that never
+        # happens (the new listeners, routes and names stay absent).
+        if record[1] == EMBEDDED:
+            raise UsageError(
+                f"certgate (pid {pid}) runs the embedded default, not {args.config}: a "
+                f"reload cannot switch it to a file; stop it, then certgate run -c "
+                f"{args.config}")
+        raise UsageError(
+            f"certgate (pid {pid}) runs {record[1]}, not {args.config}: a reload re-reads "
+            f"that file; edit it, or stop certgate and start it with -c {args.config}")
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:

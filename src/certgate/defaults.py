@@ -125,5 +125,6 @@ def first_steps(config: Config) -> str:
         f"    curl --cacert {state}/ca/root.crt --cert me.chain.pem --key me.key "
         f"https://localhost:{listen.port}/\n"
         f"  then write your own {DEFAULT_CONFIG_FILE} "
-        f"(see config/certgate.example.yaml) and run: certgate run -c {DEFAULT_CONFIG_FILE}\n"
+        f"(see config/certgate.example.yaml), stop this one (Ctrl-C) and run: "
+        f"certgate run -c {DEFAULT_CONFIG_FILE}\n"
     )

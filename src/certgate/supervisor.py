@@ -93,7 +93,7 @@ def run_worker(config: Config, config_path: Path | None, *, reuse_port: bool,
 
 def supervise(config: Config, config_path: Path | None, on_ready: Ready | None = None) -> int:
     """Run certgate until stopped; raises AlreadyRunning or ListenError before serving."""
-    lock = _lock_instance(config.state_dir)
+    lock = _lock_instance(config.state_dir, config_path)
     try:
         return _supervise(config, config_path, on_ready)
     finally:
@@ -127,8 +127,36 @@ class AlreadyRunning(CertgateError):
     """Another certgate holds the instance lock of this state directory."""
 
 
-def _lock_instance(state_dir: Path) -> int | None:
+#: What the lock file says in place of a path when certgate runs without one.
+EMBEDDED = "(embedded default)"
+
+
+def running_config(state_dir: Path) -> tuple[int, str] | None:
+    """(pid, config) that the certgate holding ``state_dir``'s lock wrote:
+    the absolute path of the config file it runs (the one a reload re-reads),
+    or :data:`EMBEDDED`. None without a lock file of that form (never
+    started, or a version that wrote only the pid). Whether that process
+    still runs is the caller's question."""
+    try:
+        text = (state_dir / LOCK_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = text.splitlines()
+    if len(lines) < 2 or not lines[0].strip().isdigit() or not lines[1].strip():
+        return None
+    return int(lines[0]), lines[1].strip()
+
+
+def describe_config(config_path: Path | None) -> str:
+    return str(config_path.resolve()) if config_path is not None else EMBEDDED
+
+
+def _lock_instance(state_dir: Path, config_path: Path | None = None) -> int | None:
     """Take STATE_DIR/certgate.lock for this process's lifetime; the fd, or None.
+
+    The file says the holder's pid and the config it runs (one per line):
+    ``certgate reload -c FILE`` refuses to report success when FILE is not
+    the file the running certgate would re-read.
 
     One state directory, one running certgate (nginx and Caddy refuse a
     second start the same way): two would race on the built-in CA's
@@ -157,14 +185,16 @@ def _lock_instance(state_dir: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        lines = os.pread(fd, 4096, 0).decode("utf-8", "replace").splitlines()
         os.close(fd)
+        holder = lines[0].strip() if lines and lines[0].strip() else "unknown"
+        runs = f", running {lines[1].strip()}" if len(lines) > 1 and lines[1].strip() else ""
         raise AlreadyRunning(
-            f"certgate is already running with state directory {state_dir} (pid {holder} "
-            f"holds {path}); stop it first, or apply a changed config with "
-            "certgate reload -c FILE") from None
+            f"certgate is already running with state directory {state_dir} (pid {holder}"
+            f"{runs}; it holds {path}); stop it first to run another config, or apply "
+            "changes to the file it runs with certgate reload -c THAT-FILE") from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()}\n{describe_config(config_path)}\n".encode(), 0)
     return fd
 
 

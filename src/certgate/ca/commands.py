@@ -45,7 +45,7 @@ def state_dir(args: argparse.Namespace) -> Path:
     if config_file is None and args.state is None and os.environ.get(ENV_CONFIG):
         config_file = existing_config_file()
     if config_file is not None:
-        config = importlib.import_module("certgate.config")
+        config = importlib.import_module("certgate.config.loader")
         from_config = cast(Callable[[Path], Path], config.state_dir_from_config)
         return Path(from_config(Path(config_file)))
     if args.state is not None:
