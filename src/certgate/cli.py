@@ -251,8 +251,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from certgate.ca.commands import CREATED_DIRS, remove_created_dirs
+
+    CREATED_DIRS.clear()
     try:
-        code: int = args.handler(args)
+        try:
+            code: int = args.handler(args)
+        except BaseException:
+            remove_created_dirs()  # a failed verb leaves no empty --out directory
+            raise
+        finally:
+            CREATED_DIRS.clear()
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except BrokenPipeError:
         return _reader_gone()

@@ -106,6 +106,22 @@ def test_names_unique_among_valid(
     assert cli("issue", "dave", "--out", out_dir).code == 0
 
 
+def test_a_refused_issue_leaves_no_out_directory_behind(
+    ca: CertificateAuthority, proc: Callable[..., Result], tmp_path: Path
+) -> None:
+    """`ca issue 'bad/name' --out DIR` and a second `ca issue NAME --out DIR2`
+    (the name is taken) made DIR and DIR2 (0700, empty) before refusing."""
+    bad = proc("issue", "bad/name", "--out", tmp_path / "made" / "for-bad")
+    assert bad.code == 2, bad.err
+    assert not (tmp_path / "made").exists()
+    assert proc("issue", "erin", "--out", tmp_path / "first").code == 0
+    taken = proc("issue", "erin", "--out", tmp_path / "second")
+    assert taken.code == 1, taken.err
+    assert "already exists" in taken.err
+    assert not (tmp_path / "second").exists()
+    assert (tmp_path / "first" / "erin.key").exists()  # a success keeps its directory
+
+
 def test_default_out_is_current_directory(
     ca: CertificateAuthority, proc: Callable[..., Result], tmp_path: Path
 ) -> None:

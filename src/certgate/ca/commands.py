@@ -129,6 +129,23 @@ def _delivery(args: argparse.Namespace) -> tuple[Delivery, str | None]:
     return Delivery(out, password, profile), generated
 
 
+#: Directories ``output_dir`` made in this command; the CLI removes those
+#: still empty when the command fails (a refused ``ca issue 'bad/name' --out
+#: DIR`` left an empty DIR behind).
+CREATED_DIRS: list[Path] = []
+
+
+def remove_created_dirs() -> None:
+    """Remove the directories ``output_dir`` made that are still empty."""
+    while CREATED_DIRS:
+        path = CREATED_DIRS.pop(0)
+        try:
+            path.rmdir()  # only if empty
+        except OSError:
+            CREATED_DIRS.clear()  # not empty: its parents are not either
+            return
+
+
 def output_dir(value: str | Path) -> Path:
     """``--out DIR``: made (0700, with missing parents) if it does not exist yet.
 
@@ -139,8 +156,10 @@ def output_dir(value: str | Path) -> Path:
     from certgate.fsutil import make_missing_dirs
 
     out = Path(value)
+    missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         make_missing_dirs(out)
+        CREATED_DIRS.extend(missing)  # deepest first
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the directory: "
                          f"{exc.strerror or exc}") from None
