@@ -252,6 +252,16 @@ def test_a_certificate_outside_the_inventory_is_listed_as_unknown_and_escaped(
     assert '<div class="big">1</div><a href="/unknown">unknown certificate</a> seen' in overview
 
 
+@pytest.mark.parametrize(("name", "status"), [("bad/name", 400), ("kid-tablet", 409)])
+def test_a_refused_new_device_says_bad_input_or_conflict(console: Console, name: str,
+                                                         status: int) -> None:
+    """A name the CA refuses as such is the form's fault (400); a taken one
+    conflicts with the CA's state (409). Both were 409."""
+    answer = console.post("/new", {"name": name, "roles": "", "days": "30",
+                                   "platform": "android", "csrf": console.csrf()})
+    assert answer.status_code == status, answer.text
+
+
 def test_several_workers_share_the_csrf_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Every worker signs and checks tokens with the one STATE/console.key,
     so a page from one worker and a POST to another agree."""

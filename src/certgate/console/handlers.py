@@ -44,6 +44,13 @@ _PLATFORM_NOTES = {
 _ROLE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def _status_of(exc: CAError | UsageError) -> int:
+    """400 for input the CA refuses as such (a bad name, a bad lifetime), 409
+    for a request that conflicts with the CA's state (the name is taken,
+    nothing to revoke)."""
+    return 400 if isinstance(exc, UsageError) else 409
+
+
 def _form(request: AdminRequest) -> dict[str, str]:
     return form_fields(request.body)
 
@@ -164,7 +171,7 @@ async def revoke(service: ConsoleService, request: AdminRequest,
     try:
         await service.blocking(request, service.ca.revoke, name, reason)
     except (CAError, UsageError) as exc:
-        raise Refused(409, str(exc).splitlines()[0]) from None
+        raise Refused(_status_of(exc), str(exc).splitlines()[0]) from None
     return _see_other(request, _device_path(name))
 
 
@@ -178,7 +185,7 @@ async def roles(service: ConsoleService, request: AdminRequest,
     try:
         await service.blocking(request, service.ca.change_role, name, role, add=action == "add")
     except (CAError, UsageError) as exc:
-        raise Refused(409, str(exc).splitlines()[0]) from None
+        raise Refused(_status_of(exc), str(exc).splitlines()[0]) from None
     return _see_other(request, _device_path(name))
 
 
@@ -217,7 +224,7 @@ async def new_device(service: ConsoleService, request: AdminRequest,
         new = await service.blocking(request, _create, service, base, form["name"], wanted,
                                      days)
     except (CAError, UsageError) as exc:
-        return _new_page(service, request, form, str(exc).splitlines()[0], 409)
+        return _new_page(service, request, form, str(exc).splitlines()[0], _status_of(exc))
     url, e = new
     import segno
     from markupsafe import Markup
