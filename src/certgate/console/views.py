@@ -60,10 +60,14 @@ class Device:
         return self.status == "valid" and self.current.not_after <= now + window
 
     def unseen_for(self, now: datetime, window: timedelta) -> bool:
-        """Valid, and not used since ``now - window`` (never used counts)."""
+        """Valid, and not used since ``now - window``. Never used counts only
+        once the device is older than the window: one issued five minutes
+        ago has not been "unseen for 30 days"."""
         if self.status != "valid":
             return False
-        return self.seen is None or self.seen.last_seen < rfc3339(now - window)
+        if self.seen is None:
+            return self.certificates[0].issued_at <= now - window
+        return self.seen.last_seen < rfc3339(now - window)
 
 
 def devices(records: Iterable[CertRecord], seen: Mapping[str, Seen],
