@@ -10,6 +10,7 @@ flight; a build that fails raises and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -311,7 +312,9 @@ def build_runtime(config: Config, notice: Notice = log.warning,
         cert_path, key_path = ca.ensure_server_certificate(hosts)
         if any(cert.files.cert == cert_path for cert in automatic):
             continue  # the default is also a route's (localhost, one IP host)
-        automatic.append(read_server_certificate(CertificateFiles(cert_path, key_path)))
+        automatic.append(dataclasses.replace(
+            read_server_certificate(CertificateFiles(cert_path, key_path)),
+            issuer_not_after=ca.issuing_not_after().timestamp()))
     # The first certificate is the one for connections without SNI or with
     # a name no certificate has (ContextSet.select).
     certificates += automatic

@@ -38,6 +38,7 @@ from certgate.config.schema import StaleCRL
 from certgate.errors import CertgateError
 from certgate.revocation import RevocationIndex
 from certgate.runtime import Runtime
+from certgate.tls.contexts import ServerCertificate
 
 log = logging.getLogger("certgate.watch")
 
@@ -82,6 +83,16 @@ def signature(paths: tuple[Path, ...]) -> Signature:
             continue
         out.append((str(path), st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+def renewal_due(cert: ServerCertificate, now: float) -> bool:
+    """An automatic server certificate is due for renewal with
+    SERVER_RENEW_BEFORE or less left, unless it already runs until its
+    issuing CA's end: a new one could not run longer, and the runtime
+    would be rebuilt every hour for nothing (an imported CA near its end)."""
+    if now < cert.not_after - SERVER_RENEW_BEFORE.total_seconds():
+        return False
+    return cert.issuer_not_after is None or cert.not_after < cert.issuer_not_after
 
 
 class RevocationWatcher:
@@ -162,7 +173,7 @@ class RevocationWatcher:
             return
         self._next_renewal_check = now + RENEWAL_CHECK_INTERVAL
         due = [cert for cert in runtime.automatic_certificates
-               if time.time() >= cert.not_after - SERVER_RENEW_BEFORE.total_seconds()]
+               if renewal_due(cert, time.time())]
         if due and self._rebuild is not None:
             log.info("the automatic server certificate %s expires soon; renewing",
                      ", ".join(str(cert.files.cert) for cert in due))

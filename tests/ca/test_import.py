@@ -3,9 +3,11 @@ with one line and nothing written (issue #17, acceptance 3)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -261,3 +263,33 @@ def test_weak_points_are_named_with_reasons(tmp_path: Path) -> None:
 
     strong = make_ca(name("Fine CA"), path_length=0)
     assert weak_points(strong.cert, issuing=True) == []
+
+
+def test_an_imported_ca_near_its_end_does_not_reissue_server_certificates(
+        tmp_path: Path, state: Path, cli: Callable[..., Result]) -> None:
+    """A CA with under 30 days left caps every server certificate at its own
+    end, so "30 days or less left, renew" was true at once again after each
+    renewal: a new server certificate at every start and every hour (and a
+    runtime rebuild). One that already runs to the CA's end is kept."""
+    from certgate.config.schema import CertificateFiles
+    from certgate.tls.contexts import read_server_certificate
+    from certgate.watch import renewal_due
+
+    old = make_ca(name("Short-lived CA"))  # 30 days from support.forge's NOW
+    cert = _write(tmp_path / "ca.crt", old.cert.public_bytes(serialization.Encoding.PEM))
+    key = _write(tmp_path / "ca.key", _key_pem(old.key))
+    assert cli("import", "--cert", cert, "--key", key).code == 0
+    ca = CertificateAuthority.open(state)
+    first = ca.ensure_server_certificate(["localhost"])
+    second = CertificateAuthority.open(state).ensure_server_certificate(["localhost"])
+    assert first == second
+    servers = [r for r in ca.certificates().records if r.kind == "server"]
+    assert len(servers) == 1
+    assert servers[0].not_after == old.cert.not_valid_after_utc  # capped at the CA's end
+    assert ca.issuing_not_after() == old.cert.not_valid_after_utc
+    served = dataclasses.replace(read_server_certificate(CertificateFiles(*first)),
+                                 issuer_not_after=ca.issuing_not_after().timestamp())
+    assert not renewal_due(served, time.time())
+    # With a longer-lived issuer in the chain, the same age would be due.
+    longer = dataclasses.replace(served, issuer_not_after=served.not_after + 86400)
+    assert renewal_due(longer, time.time())

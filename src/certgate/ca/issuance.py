@@ -381,14 +381,26 @@ def covers(sans: Sequence[str], host: str) -> bool:
 
 
 def reusable_server(s: Session, hosts: Sequence[str], min_left: timedelta) -> CertRecord | None:
-    """The newest stored server certificate for exactly ``hosts`` with time to spare."""
-    return newest_server(s.store.certificates(), s.layout, hosts, s.now, min_left)
+    """The newest stored server certificate for exactly ``hosts`` with time to
+    spare, or one that already runs until the issuing CA's own end: a new
+    one could not run longer (profiles cap a leaf at its issuer's
+    not-after), so an imported CA with under ``min_left`` to live would
+    otherwise get a new server certificate at every start and every hour."""
+    try:
+        issuer_end: datetime | None = x509.load_pem_x509_certificate(
+            s.layout.issuing_cert.read_bytes()).not_valid_after_utc
+    except (OSError, ValueError):
+        issuer_end = None
+    return newest_server(s.store.certificates(), s.layout, hosts, s.now, min_left,
+                         issuer_end=issuer_end)
 
 
 def newest_server(records: Sequence[CertRecord], layout: CALayout, hosts: Sequence[str],
-                  now: datetime, min_left: timedelta) -> CertRecord | None:
+                  now: datetime, min_left: timedelta, *,
+                  issuer_end: datetime | None = None) -> CertRecord | None:
     """The newest valid server certificate whose SANs are exactly ``hosts``,
-    with more than ``min_left`` to run and its files intact in the state dir.
+    with more than ``min_left`` to run (or running until ``issuer_end``,
+    when given) and its files intact in the state dir.
 
     Exactly, not "covers": a certificate for a.test and b.test covers a.test,
     but serving it for a.test would tell every client about b.test (issue
@@ -399,7 +411,10 @@ def newest_server(records: Sequence[CertRecord], layout: CALayout, hosts: Sequen
     for rec in reversed(records):
         if rec.kind != "server" or rec.status(now) != "valid":
             continue
-        if rec.not_after - now <= min_left or set(rec.sans) != wanted:
+        if set(rec.sans) != wanted:
+            continue
+        if rec.not_after - now <= min_left and (issuer_end is None
+                                                 or rec.not_after < issuer_end):
             continue
         fullchain, key = layout.server_files(rec.name)
         try:

@@ -55,6 +55,9 @@ class ServerCertificate:
     files: CertificateFiles
     names: tuple[str, ...]  # normalised DNS SANs (patterns may be wildcards)
     not_after: float  # POSIX time, for expiry metrics
+    #: For certgate's automatic certificates, the issuing CA's not-after
+    #: (POSIX time): no renewal can outlast it (see watch.renewal_due).
+    issuer_not_after: float | None = None
 
 
 def read_server_certificate(files: CertificateFiles) -> ServerCertificate:
