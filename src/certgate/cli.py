@@ -119,10 +119,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return run(config, args.url, args.method, args.cert)
 
 
+def _read_pin(given: str | None) -> str:
+    """``--pin PIN``; ``--pin -`` or no ``--pin``: one line from standard input,
+    asked for without echo on a terminal, so the PIN stays out of the shell's
+    history and of ``ps``."""
+    from certgate.errors import UsageError
+
+    if given is not None and given != "-":
+        return given
+    if given is None and sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("PIN: ").strip()
+    line = sys.stdin.readline(256).strip()
+    if not line:
+        raise UsageError("no PIN: give --pin PIN, or the PIN on standard input")
+    return line
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from certgate.enroll.client import enroll
 
-    for path in enroll(args.url, args.pin, args.out, args.ca):
+    for path in enroll(args.url, _read_pin(args.pin), args.out, args.ca):
         print(f"wrote {path}")
     return 0
 
@@ -195,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "NAME.crt, NAME.chain.pem and ca.crt into --out. The server is checked "
                     "against the root CA fingerprint in the link (fp=) or --ca.")
     enroll.add_argument("url", metavar="URL", help="the enrollment link, with its fp=")
-    enroll.add_argument("--pin", required=True, help="the PIN printed next to the link")
+    enroll.add_argument("--pin", help="the PIN printed next to the link; '-' or left out: "
+                                      "read from standard input (asked for without echo "
+                                      "on a terminal), which keeps it out of shell history "
+                                      "and ps")
     enroll.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="directory for the key and certificates (made if missing)")
     enroll.add_argument("--ca", type=Path, metavar="FILE",

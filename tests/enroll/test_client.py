@@ -101,6 +101,33 @@ def test_cli_writes_the_files(enrolling: Enrolling, tmp_path: Path) -> None:
     assert not (tmp_path / "again" / "box.key").exists()
 
 
+@pytest.mark.parametrize("pin_arg", [["--pin", "-"], []], ids=["dash", "left-out"])
+def test_the_pin_can_come_on_standard_input(enrolling: Enrolling, tmp_path: Path,
+                                            pin_arg: list[str]) -> None:
+    """--pin on the command line lands in shell history and in ps; '--pin -'
+    or no --pin reads it from standard input (no terminal here)."""
+    link = enrolling.enroll("piped")
+    out = tmp_path / "piped"
+    proc = subprocess.run([sys.executable, "-m", "certgate", "enroll", link.url, *pin_arg,
+                           "--out", str(out)], input=link.pin + "\n",
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert link.pin not in proc.stdout + proc.stderr
+    assert _whoami(enrolling, out / "piped.chain.pem", out / "piped.key")["cn"] == "piped"
+
+
+def test_no_pin_at_all_is_one_line_and_sends_nothing(enrolling: Enrolling,
+                                                     tmp_path: Path) -> None:
+    link = enrolling.enroll("nopin")
+    proc = subprocess.run([sys.executable, "-m", "certgate", "enroll", link.url,
+                           "--out", str(tmp_path / "nopin")], input="",
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "no PIN" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "nopin").exists()
+
+
 def test_wrong_fingerprint_sends_nothing_secret(enrolling: Enrolling, tmp_path: Path,
                                                 sent: list[tuple[str, str, bytes]]) -> None:
     env = enrolling
