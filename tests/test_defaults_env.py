@@ -81,3 +81,24 @@ def test_ca_verbs_follow_the_config_run_would_use(tmp_path: Path) -> None:
     explicit = _certgate("ca", "list", "--state", str(state), cwd=tmp_path, env=env)
     assert explicit.returncode == 0, explicit.stderr
     assert "me" in explicit.stdout
+
+
+def test_start_hints_name_the_certgate_that_runs(tmp_path: Path) -> None:
+    """The README installs into .venv without activating it: the printed
+    next steps said `certgate ca issue ...`, which is not on PATH then. They
+    name the program as it was started when `certgate` on PATH is another."""
+    bin_dir = tmp_path / "venv-bin"
+    bin_dir.mkdir()
+    script = bin_dir / "certgate"
+    script.write_text(f"#!{sys.executable}\nfrom certgate.defaults import command_name\n"
+                      "print(command_name())\n")
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PATH"}
+    env["PATH"] = "/usr/bin:/bin"  # no certgate there
+    shown = subprocess.run([str(script)], capture_output=True, text=True, timeout=60,
+                           check=True, env=env).stdout.strip()
+    assert shown == str(script)
+    env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
+    shown = subprocess.run([str(script)], capture_output=True, text=True, timeout=60,
+                           check=True, env=env).stdout.strip()
+    assert shown == "certgate"

@@ -110,21 +110,42 @@ def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env.get(ENV_STATE_DIR) or EMBEDDED_STATE_DIR)
 
 
+def command_name() -> str:
+    """How to run this certgate again from the same shell: ``certgate`` when
+    that is on PATH and is this one; else the path it was started by (the
+    README's ``.venv/bin/certgate``, with the venv not activated); else
+    ``PYTHON -m certgate``. The hints printed at start use it, so they work
+    when pasted."""
+    import shutil
+    import sys
+
+    def same(name: str, path: str) -> bool:
+        found = shutil.which(name)
+        return found is not None and os.path.realpath(found) == os.path.realpath(path)
+
+    started_by = sys.argv[0] if sys.argv else ""
+    if os.path.basename(started_by) == "certgate" and os.path.exists(started_by):
+        return "certgate" if same("certgate", started_by) else started_by
+    python = os.path.basename(sys.executable)
+    return f"{python if same(python, sys.executable) else sys.executable} -m certgate"
+
+
 def first_steps(config: Config) -> str:
     """What to do next, printed when certgate runs on its embedded default."""
     state = config.state_dir
     listen = config.listen[0]
+    cmd = command_name()
     return (
         f"certgate: running on the embedded default (no {config_file()} here)\n"
         f"  listening on https://localhost:{listen.port}/ -> whoami (client certificate "
         f"required)\n"
         f"  enrollment links: https://enroll.localhost:{listen.port}/ "
-        f"(certgate ca enroll --state {state} NAME)\n"
-        f"  next steps:\n"
-        f"    certgate ca issue --state {state} me --out .\n"
+        f"({cmd} ca enroll --state {state} NAME)\n"
+        f"  next steps, in another shell here:\n"
+        f"    {cmd} ca issue --state {state} me --out .\n"
         f"    curl --cacert {state}/ca/root.crt --cert me.chain.pem --key me.key "
         f"https://localhost:{listen.port}/\n"
         f"  then write your own {DEFAULT_CONFIG_FILE} "
         f"(see config/certgate.example.yaml), stop this one (Ctrl-C) and run: "
-        f"certgate run -c {DEFAULT_CONFIG_FILE}\n"
+        f"{cmd} run -c {DEFAULT_CONFIG_FILE}\n"
     )

@@ -282,12 +282,14 @@ def open_builtin_ca(config: Config, notice: Notice, *, create: bool) -> Certific
 
     if CertificateAuthority.exists(config.state_dir):
         return CertificateAuthority.open(config.state_dir)
+    from certgate.defaults import command_name
+
     ca = CertificateAuthority.init(config.state_dir, name=default_ca_name())
     notice(
         f"certgate: created a new private CA in {config.state_dir}\n"
         f"  root certificate (trust this on your devices): {ca.root_cert_path}\n"
-        f"  issue your first client certificate with:\n"
-        f"    certgate ca issue --state {config.state_dir} my-laptop --p12\n"
+        f"  issue client certificates with {command_name()} ca issue --state "
+        f"{config.state_dir} NAME (add --p12 for a browser or a phone)\n"
     )
     return ca
 
