@@ -420,8 +420,8 @@ def add_subcommands(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--next-update", metavar="DUR", help="CRL nextUpdate period (default 7d)")
 
     out_help = (
-        "directory for the files (default: the current directory, so client keys "
-        "do not stay on the proxy host)"
+        "directory for the files (default: the current directory, not the state "
+        "directory: move the key to its device and delete it here)"
     )
     p = verb("issue", cmd_issue, "issue a client certificate with a fresh key")
     p.add_argument("name", metavar="NAME")
