@@ -113,8 +113,10 @@ class _Pending(NamedTuple):
     request: h11.Request | None
     admitted: Admitted | None
     status: int
+    #: The request as the client sent it: line, headers, body with any chunked
+    #: framing (nginx's $request_length); see ClientConnection._take_bytes_in.
     bytes_in: int
-    bytes_out: int
+    bytes_out: int  # what certgate wrote to the client for this request
     duration: float
     reason: str | None
 

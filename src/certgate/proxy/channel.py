@@ -177,6 +177,19 @@ class Channel(asyncio.Protocol):
     def has_buffered_data(self) -> bool:
         return bool(self._buffer)
 
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes received that no request has taken yet: waiting here or in the
+        HTTP state's receive buffer (at a request's end: the pipelined ones).
+
+        0 in raw mode, where every byte goes to the sink as it arrives.
+        ``trailing_data`` copies h11's buffer, which is empty or small
+        between requests: call this once per request, not per read.
+        """
+        if self._raw_sink is not None:
+            return 0
+        return len(self._buffer) + len(self.http.trailing_data[0])
+
     async def next_event(self, before_waiting: Channel | None = None) -> Any:
         """The next h11 event; raises ChannelTimeout or h11.RemoteProtocolError.
 

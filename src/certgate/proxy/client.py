@@ -75,6 +75,8 @@ class ClientConnection(Channel):
         self._idle_timer: asyncio.TimerHandle | None = None
         #: True while a request is being served (shutdown waits for these).
         self.busy = False
+        #: Of ``bytes_in``, the bytes already logged with a request (:meth:`_take_bytes_in`).
+        self._bytes_taken = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -256,22 +258,39 @@ class ClientConnection(Channel):
             body_length=admitted.body_length,
         )
         out_before = self.bytes_out
-        in_before = self.bytes_in
         try:
             result = await relay(self, plan)
         except HTTPError as exc:
             return await self._refuse(exc, request, started, admitted)
         self._answered_directly = result.direct
         self._body_relayed = result.body_relayed
-        self._record(request, admitted, result.status, self.bytes_in - in_before,
-                     self.bytes_out - out_before, started)
+        self._record(request, admitted, result.status, self.bytes_out - out_before, started)
         return result.reusable and not self.lost
 
+    def _take_bytes_in(self, closing: bool) -> int:
+        """The bytes of the request being logged, as the client sent them:
+        request line, headers and body (chunked framing and trailers
+        included), like nginx's ``$request_length``.
+
+        That is what was received and taken since the previous request's
+        line: bytes still unread (a pipelined request behind this one)
+        belong to the next. ``closing``: a refusal that ends the connection,
+        whose unread rest (body, malformed or pipelined bytes) no later
+        line will count, so this one does. Once per request (a few integer
+        operations, :attr:`unread_bytes`), nothing per read; a body relayed
+        past h11 is counted in ``data_received`` like any other byte.
+        """
+        upto = self.bytes_in if closing else self.bytes_in - self.unread_bytes
+        taken = upto - self._bytes_taken
+        self._bytes_taken = upto
+        return taken
+
     def _record(self, request: h11.Request | None, admitted: Admitted | None, status: int,
-                bytes_in: int, bytes_out: int, started: float,
-                error: HTTPError | None = None) -> None:
+                bytes_out: int, started: float, error: HTTPError | None = None,
+                closing: bool = False) -> None:
         """One finished request: the access-log line and the metrics."""
         seconds = time.monotonic() - started
+        bytes_in = self._take_bytes_in(closing)
         identity = self.identity
         recorder = self.runtime.last_seen
         if recorder is not None and identity is not None and self.refusal is None \
@@ -400,7 +419,7 @@ class ClientConnection(Channel):
         self.send(h11.EndOfMessage())
         await self.drain(admitted.route.timeouts.read)
         error = HTTPError(response.status_code, note) if note else None
-        self._record(request, admitted, response.status_code, 0, self.bytes_out - out_before,
+        self._record(request, admitted, response.status_code, self.bytes_out - out_before,
                      started, error)
         return True
 
@@ -430,8 +449,8 @@ class ClientConnection(Channel):
                              else self.runtime.config.limits.header_timeout)
         except (h11.LocalProtocolError, ChannelClosed):
             close = True
-        self._record(request, admitted, error.status, 0, self.bytes_out - out_before, started,
-                     error)
+        self._record(request, admitted, error.status, self.bytes_out - out_before, started,
+                     error, closing=close)
         if close:
             self.close()
         return not close
