@@ -140,3 +140,46 @@ def test_who_may_renew_is_decided_by_the_inventory(pair) -> None:  # type: ignor
     assert presented_problem(superseded, der, now) == SUPERSEDED
     ca.revoke(serial_hex(superseded.serial))
     assert "revoked" in str(presented_problem(ca.certificates().records[0], der, now))
+
+
+def test_a_staged_companion_follows_the_commit_mark(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """NAME.crt.next is moved in only once CERT.next (the commit mark) was; a
+    crash before that mark leaves all three old files."""
+    ca, cert, key = pair
+    crt = tmp_path / "dev.crt"
+    old_crt = crt.read_bytes()
+    new_key, _ = files.pending_key(key)
+    chain = _signed_for(ca, new_key)
+    new_leaf = x509.load_pem_x509_certificates(chain)[0]
+    leaf_pem = new_leaf.public_bytes(serialization.Encoding.PEM)
+    # Crash after staging the companion, before CERT.next: dropped, old files kept.
+    files.staged(crt).write_bytes(leaf_pem)
+    assert files.recover(cert, key) is None
+    assert not files.staged(crt).exists()
+    assert crt.read_bytes() == old_crt
+    files.load_pair(crt, key)
+    # Crash after the key and the chain moved, before the companion did.
+    files.staged(crt).write_bytes(leaf_pem)
+    files.staged(key).replace(key)
+    cert.write_bytes(chain)
+    done = files.recover(cert, key)
+    assert done is not None
+    assert str(crt) in done
+    assert files.load_pair(crt, key).leaf == new_leaf
+    assert not files.staged(crt).exists()
+
+
+def test_only_a_companion_holding_the_old_leaf_is_rewritten(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, cert, key = pair
+    crt = tmp_path / "dev.crt"
+    old = files.load_pair(cert, key)
+    assert files.companion_paths(cert, key) == [crt]
+    assert files.companion_paths(crt, key) == [cert]
+    found = files.companions(cert, key, old.leaf)
+    assert [(c.path, c.leaf_only) for c in found.rewrite] == [(crt, True)]
+    assert files.companions(crt, key, old.leaf).rewrite[0].leaf_only is False
+    crt.write_bytes(crt.read_bytes() + b"# a note someone added\n")
+    assert files.companions(cert, key, old.leaf) == files.Companions((), (crt,))
+    crt.unlink()
+    crt.symlink_to(cert)  # the same file as --cert: not a companion
+    assert files.companion_paths(cert, key) == []

@@ -4,7 +4,9 @@ Keeps a device's certificate alive: at two thirds of its lifetime
 (:mod:`certgate.renew.schedule`) it makes a new P-256 key, sends a CSR to
 certgate's renewal endpoint over a TLS connection authenticated by the
 current certificate, verifies the chain that comes back and only then
-replaces the two files (:mod:`certgate.renew.files`). Not due yet: it says
+replaces the files: the certificate, the key and a ``NAME.crt`` or
+``NAME.chain.pem`` beside them that held the old certificate
+(:mod:`certgate.renew.files`). Not due yet: it says
 when it will be and exits 0, so a systemd timer can run it hourly.
 
 ``--daemon`` does the same in a loop, sleeping until the next due time (at
@@ -241,6 +243,9 @@ def renew_once(cert: Path, key: Path, url: str, ca: Path | None, *, force: bool 
                        f"{schedule.describe(decision.due - moment)}), valid until "
                        f"{old.leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
     anchors = _anchors(ca)
+    mine = files.CertFile.of(cert, old.chain)
+    others = files.companions(cert, key, old.leaf)
+    old = _with_chain(old, others)
     new_key, again = files.pending_key(key)
     ctx = _context(cert, key, ca)
     try:
@@ -253,15 +258,28 @@ def renew_once(cert: Path, key: Path, url: str, ca: Path | None, *, force: bool 
         files.discard_pending(key)
         raise
     chain = verify_chain(body, new_key, old, anchors, _now())
-    files.install(cert, key, b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in chain))
+    written = files.install(key, mine, others.rewrite, chain)
     leaf = chain[0]
     due = schedule.plan(leaf.not_valid_before_utc, leaf.not_valid_after_utc, _now()).due
     return Outcome(True, name, leaf.serial_number, leaf.not_valid_after_utc, due,
                    f"renewed {printable(name)}{' (answer asked for again)' if again else ''}"
                    f": serial {serial_hex(leaf.serial_number)}, valid until "
                    f"{leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, next renewal at "
-                   f"{due:%Y-%m-%dT%H:%M:%SZ}")
+                   f"{due:%Y-%m-%dT%H:%M:%SZ}"
+                   + "".join(f"\n  wrote {path}" for path in written)
+                   + "".join(f"\n  left {path} alone: it does not hold the old certificate"
+                             for path in others.left_alone))
+
+
+def _with_chain(old: files.CertPair, others: files.Companions) -> files.CertPair:
+    """``--cert NAME.crt`` holds the leaf alone; its NAME.chain.pem companion
+    (the same leaf) names the issuing CA, as ``--cert NAME.chain.pem`` would."""
+    if len(old.chain) > 1:
+        return old
+    for other in others.rewrite:
+        if not other.leaf_only:
+            return files.CertPair(files.read_chain(other.path), old.key)
+    return old
 
 
 def daemon(cert: Path, key: Path, url: str, ca: Path | None, stop: threading.Event,
@@ -316,7 +334,9 @@ def add_parser(sub: Any) -> None:
             "container sidecar); exit 0 when not due yet")
     p = sub.add_parser("renew", help=text, description=text)
     p.add_argument("--cert", required=True, metavar="FILE",
-                   help="the certificate chain (PEM, leaf first); replaced when renewed")
+                   help="the certificate chain (PEM, leaf first) or the leaf alone; replaced "
+                        "when renewed, and so is a NAME.crt or NAME.chain.pem beside it "
+                        "that holds the same certificate")
     p.add_argument("--key", required=True, metavar="FILE",
                    help="its private key (PEM); replaced by a new P-256 key (0600)")
     p.add_argument("--url", required=True, metavar="URL",
