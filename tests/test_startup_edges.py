@@ -158,6 +158,7 @@ def test_reload_with_another_file_than_the_running_one_refuses(tmp_path: Path) -
         first.wait_for_log("configuration reloaded")
     finally:
         assert first.stop() == 0
+    assert "certgate stopped" in first.log_text()  # a clean stop says so
 
 
 def test_reload_cannot_switch_the_embedded_default_to_a_file(tmp_path: Path) -> None:

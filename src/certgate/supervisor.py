@@ -110,17 +110,22 @@ def _supervise(config: Config, config_path: Path | None, on_ready: Ready | None)
     notifier = Notifier()
     pidfile = pid_file(config)
     _write_pid_file(pidfile)
+    code = 1
     try:
         if worker_count(config) == 1:
-            return run_worker(config, config_path, reuse_port=False, on_ready=on_ready,
+            code = run_worker(config, config_path, reuse_port=False, on_ready=on_ready,
                               exporter=exporter, notifier=notifier)
-        return _Parent(config, config_path, on_ready, exporter, notifier).run()
+        else:
+            code = _Parent(config, config_path, on_ready, exporter, notifier).run()
+        return code
     finally:
         notifier.stopping()
         notifier.close()
         if exporter is not None:
             exporter.close()
         _remove_pid_file(pidfile)
+        if code == 0:
+            log.info("certgate stopped")  # a clean stop says so, as it said it started
 
 
 class AlreadyRunning(CertgateError):

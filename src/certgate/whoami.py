@@ -51,4 +51,4 @@ def whoami_response(
         # fields a client chose) as HTML.
         (b"x-content-type-options", b"nosniff"),
     ]
-    return h11.Response(status_code=200, headers=headers), body
+    return h11.Response(status_code=200, headers=headers, reason=b"OK"), body

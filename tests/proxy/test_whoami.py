@@ -43,3 +43,16 @@ def test_whoami_is_not_sniffed(start_certgate, pki):
         response = conn.request("GET", "/")
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["content-type"] == "application/json"
+
+
+def test_whoami_status_line_has_its_reason_phrase(start_certgate, pki):
+    """`HTTP/1.1 200 ` with an empty reason is legal but looks broken in curl -v
+    (newcomer trial): certgate's own answers carry the standard phrase."""
+    import socket
+
+    proxy = start_certgate(CONFIG)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw, \
+            pki.context().wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        head = tls.recv(64)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
