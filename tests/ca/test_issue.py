@@ -129,7 +129,7 @@ def test_default_out_is_current_directory(
     assert result.code == 0, result.err
     assert (tmp_path / "erin.key").is_file()
     help_text = proc("issue", "--help").out
-    assert "client keys do not stay on the proxy host" in " ".join(help_text.split())
+    assert "the current directory, not the state directory" in " ".join(help_text.split())
 
 
 def test_server_certificate(ca: CertificateAuthority, tmp_path: Path) -> None:
