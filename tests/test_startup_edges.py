@@ -128,7 +128,8 @@ def test_listening_inodes_matches_address_and_wildcards() -> None:
 
 def _reload(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "certgate", "reload", "-c", str(config)],
-                          capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+                          capture_output=True, text=True, errors="replace", timeout=60,
+                          check=False, cwd=cwd)
 
 
 def test_reload_with_another_file_than_the_running_one_refuses(tmp_path: Path) -> None:
@@ -180,3 +181,48 @@ def test_reload_cannot_switch_the_embedded_default_to_a_file(tmp_path: Path) -> 
         assert "running (embedded default)" in second.stderr, second.stderr
     finally:
         assert first.stop() == 0
+
+
+def test_reload_through_a_swapped_symlink_reloads(tmp_path: Path) -> None:
+    """The usual deploy: current.yaml -> v1.yaml, write v2.yaml, point the
+    symlink at it, reload. The running certgate re-reads current.yaml (v2);
+    the lock recorded current.yaml resolved (v1), so reload refused the very
+    file certgate re-reads. Also: the file found through $CERTGATE_CONFIG."""
+    state = tmp_path / "state"
+    (tmp_path / "v1.yaml").write_text(CONFIG.format(state=state, port=free_port(), workers=1))
+    current = tmp_path / "current.yaml"
+    current.symlink_to("v1.yaml")
+    first = CertgateProcess(None, tmp_path, env={"CERTGATE_CONFIG": str(current)}).start()
+    try:
+        (tmp_path / "v2.yaml").write_text(CONFIG.format(state=state, port=free_port(),
+                                                        workers=1))
+        (tmp_path / "next.yaml").symlink_to("v2.yaml")
+        os.replace(tmp_path / "next.yaml", current)
+        swapped = _reload(current, tmp_path)
+        assert swapped.returncode == 0, swapped.stderr
+        first.wait_for_log("configuration reloaded")
+        # Named through the target it now points at: the same file, reloads too.
+        target = _reload(tmp_path / "v2.yaml", tmp_path)
+        assert target.returncode == 0, target.stderr
+        # The old target is not what certgate re-reads: refused.
+        old = _reload(tmp_path / "v1.yaml", tmp_path)
+        assert old.returncode == 2, old.stderr
+    finally:
+        assert first.stop() == 0
+
+
+def test_a_config_path_that_is_not_utf8_or_has_a_newline_runs_and_reloads(
+        tmp_path: Path) -> None:
+    """The lock file holds the config path: a path of bytes that are not
+    UTF-8 (legal on Linux) made `certgate run` die with a UnicodeEncodeError
+    traceback; one with a newline was cut at it, and reload then refused it."""
+    for name in (os.fsdecode(b"cfg-\xff.yaml"), "two\nlines.yaml"):
+        state = tmp_path / "state"
+        first = CertgateProcess(CONFIG.format(state=state, port=free_port(), workers=1),
+                                tmp_path, name=name).start()
+        try:
+            same = _reload(tmp_path / name, tmp_path)
+            assert same.returncode == 0, same.stderr
+            first.wait_for_log("configuration reloaded")
+        finally:
+            assert first.stop() == 0

@@ -74,7 +74,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     from certgate.config.loader import load_config
     from certgate.errors import UsageError
-    from certgate.supervisor import EMBEDDED, describe_config, pid_file, running_config
+    from certgate.supervisor import EMBEDDED, pid_file, running_config, same_config
 
     config = load_config(args.config)
     if args.pid is not None:
@@ -88,7 +88,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
                              f"{getattr(exc, 'strerror', None) or exc} (is it running? "
                              "give --pid)") from None
     record = running_config(config.state_dir)
-    if record is not None and record[0] == pid and record[1] != describe_config(args.config):
+    if record is not None and record[0] == pid and not same_config(record[1], args.config):
         # A SIGHUP makes certgate re-read the file it was started with: saying
         # "OK, reloading" for another file would report a change that never
         # happens (the new listeners, routes and names stay absent).

@@ -143,17 +143,40 @@ def running_config(state_dir: Path) -> tuple[int, str] | None:
     started, or a version that wrote only the pid). Whether that process
     still runs is the caller's question."""
     try:
-        text = (state_dir / LOCK_FILE).read_text(encoding="utf-8", errors="replace")
+        data = (state_dir / LOCK_FILE).read_bytes()
     except OSError:
         return None
-    lines = text.splitlines()
-    if len(lines) < 2 or not lines[0].strip().isdigit() or not lines[1].strip():
+    return _parse_lock(data)
+
+
+def _parse_lock(data: bytes) -> tuple[int, str] | None:
+    # Everything after the pid line but the final newline is the path, in
+    # the file system's bytes: a path may hold newlines or non-UTF-8 bytes.
+    pid, _, rest = data.partition(b"\n")
+    if not pid.strip().isdigit() or not rest.endswith(b"\n") or rest == b"\n":
         return None
-    return int(lines[0]), lines[1].strip()
+    return int(pid), os.fsdecode(rest[:-1])
 
 
 def describe_config(config_path: Path | None) -> str:
-    return str(config_path.resolve()) if config_path is not None else EMBEDDED
+    """The config as the lock file records it: absolute, symlinks kept, since
+    certgate re-reads that name (a symlink swapped to a new file is the
+    file a reload reads)."""
+    return os.path.abspath(config_path) if config_path is not None else EMBEDDED
+
+
+def same_config(running: str, given: Path) -> bool:
+    """Whether ``certgate reload -c GIVEN`` names the file ``running`` re-reads:
+    the same absolute name, or (through a symlink, a hard link) the same file
+    now."""
+    if running == EMBEDDED:
+        return False
+    if running == describe_config(given):
+        return True
+    try:
+        return os.path.samefile(running, given)
+    except OSError:
+        return False
 
 
 def _lock_instance(state_dir: Path, config_path: Path | None = None) -> int | None:
@@ -190,16 +213,19 @@ def _lock_instance(state_dir: Path, config_path: Path | None = None) -> int | No
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        lines = os.pread(fd, 4096, 0).decode("utf-8", "replace").splitlines()
+        data = os.pread(fd, 8192, 0)
         os.close(fd)
-        holder = lines[0].strip() if lines and lines[0].strip() else "unknown"
-        runs = f", running {lines[1].strip()}" if len(lines) > 1 and lines[1].strip() else ""
+        record = _parse_lock(data)
+        holder = str(record[0]) if record else \
+            data.partition(b"\n")[0].decode("ascii", "replace").strip() or "unknown"
+        runs = f", running {record[1]}" if record else ""
         raise AlreadyRunning(
             f"certgate is already running with state directory {state_dir} (pid {holder}"
             f"{runs}; it holds {path}); stop it first to run another config, or apply "
             "changes to the file it runs with certgate reload -c THAT-FILE") from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n{describe_config(config_path)}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode() + os.fsencode(describe_config(config_path))
+              + b"\n", 0)
     return fd
 
 
