@@ -127,11 +127,12 @@ def _read_pin(given: str | None) -> str:
 
     if given is not None and given != "-":
         return given
-    if given is None and sys.stdin.isatty():
+    if sys.stdin.isatty():
         import getpass
 
-        return getpass.getpass("PIN: ").strip()
-    line = sys.stdin.readline(256).strip()
+        line = getpass.getpass("PIN: ").strip()
+    else:
+        line = sys.stdin.readline(256).strip()
     if not line:
         raise UsageError("no PIN: give --pin PIN, or the PIN on standard input")
     return line

@@ -474,6 +474,39 @@ def test_a_close_with_bytes_the_client_never_reads_ends_at_the_flush_deadline(
         assert server.protocol.transport.get_write_buffer_size() == 0
 
 
+def test_a_close_to_a_slow_but_reading_client_is_not_cut(serve, contexts, monkeypatch):
+    """The flush deadline counts from the last progress, not from close(): a
+    client reading slowly past CLOSE_FLUSH_SECONDS still gets every byte
+    (it got a reset after the first deadline)."""
+    from certgate.tls import transport as module
+    monkeypatch.setattr(module, "CLOSE_FLUSH_SECONDS", 0.3)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+
+    def answer_and_close(protocol: Recorder, data: bytes) -> None:
+        assert protocol.transport is not None
+        protocol.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        protocol.transport.write(payload)
+        protocol.transport.close()
+
+    server = serve(lambda: Recorder(answer_and_close))
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", server.port))
+    received = bytearray()
+    started = time.monotonic()
+    with contexts[1].wrap_socket(raw, server_hostname="localhost") as client:
+        client.sendall(b"go")
+        while len(received) < len(payload):
+            chunk = client.recv(4096)
+            assert chunk, f"cut after {len(received)} bytes"
+            received += chunk
+            time.sleep(0.004)  # the client's pace: slow, but never still for 0.3 s
+    assert bytes(received) == payload
+    assert time.monotonic() - started > 0.3  # it did outlast one deadline
+
+
 def test_a_protocol_failing_in_connection_made_leaves_no_socket_behind(contexts):
     """The protocol factory or connection_made raising (a bug, or a
     certificate the identity parser chokes on) left the socket open and

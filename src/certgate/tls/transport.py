@@ -281,6 +281,7 @@ class TLSTransport(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._flush_timer: asyncio.TimerHandle | None = None  # close() waiting on the queue
+        self._writable_count = 0  # times the socket became writable while queued
 
     # -- setup and introspection -------------------------------------------
     def start(self, watched: bool = False) -> None:
@@ -454,6 +455,7 @@ class TLSTransport(asyncio.Transport):
             self._writing = False
 
     def _write_ready(self) -> None:
+        self._writable_count += 1  # the peer took bytes (see _flush_expired)
         if self._read_needs_write:
             self._read_needs_write = False
             if not self._read_paused and not self._closing:
@@ -529,7 +531,7 @@ class TLSTransport(asyncio.Transport):
             # _write_ready shuts once the queue is out; meanwhile nothing is
             # read (a level-triggered reader would spin).
             self._unwatch_reads()
-            self._flush_timer = self._loop.call_later(CLOSE_FLUSH_SECONDS, self.abort)
+            self._arm_flush_timer()
 
     def abort(self) -> None:
         if self._lost:
@@ -583,6 +585,24 @@ class TLSTransport(asyncio.Transport):
         with contextlib.suppress(OSError):
             self._sock.close()
         self._connection_lost(exc if isinstance(exc, Exception) else None)
+
+    def _arm_flush_timer(self) -> None:
+        self._flush_timer = self._loop.call_later(CLOSE_FLUSH_SECONDS, self._flush_expired,
+                                                  self._writable_count)
+
+    def _flush_expired(self, writable_then: int) -> None:
+        """Abort a close whose socket did not once become writable for
+        CLOSE_FLUSH_SECONDS; a client that still takes bytes, however slowly,
+        gets another period (nginx's send_timeout runs between two writes,
+        not for the whole). Writability is the measure, not the queue: one
+        large chunk stays queued whole until OpenSSL has written all of it."""
+        self._flush_timer = None
+        if self._lost:
+            return
+        if self._writable_count != writable_then:
+            self._arm_flush_timer()
+            return
+        self.abort()
 
     def _cancel_flush_timer(self) -> None:
         if self._flush_timer is not None:
