@@ -536,20 +536,19 @@ class TLSTransport(asyncio.Transport):
     def abort(self) -> None:
         if self._lost:
             return
-        self._closing = True
-        self._unwatch_reads()
-        self._unwatch_writes()
-        self._queue.clear()
-        self._retry = None
-        self._queued = 0
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        self._close_now()
         self._connection_lost(None)
 
     def discard(self) -> None:
         """Unwatch and close the socket without calling the protocol: its
         connection_made failed, so it gets no connection_lost either."""
-        self._closing = self._lost = True
+        self._lost = True
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Unwatch, drop what is queued, close the socket: no close_notify,
+        no linger (abort, a fatal error, a failed start)."""
+        self._closing = True
         self._unwatch_reads()
         self._unwatch_writes()
         self._cancel_flush_timer()
@@ -576,14 +575,7 @@ class TLSTransport(asyncio.Transport):
         log.debug("TLS connection failed: %r", exc)
         if self._lost:
             return
-        self._closing = True
-        self._unwatch_reads()
-        self._unwatch_writes()
-        self._queue.clear()
-        self._retry = None
-        self._queued = 0
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        self._close_now()
         self._connection_lost(exc if isinstance(exc, Exception) else None)
 
     def _arm_flush_timer(self) -> None:
