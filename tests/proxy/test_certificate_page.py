@@ -58,6 +58,8 @@ def test_no_certificate_gets_the_page(proxy, pki, upstream, version):  # type: i
     assert response.headers["content-security-policy"] == CSP
     assert b"This site needs a device certificate" in response.body
     assert b"<li>certgate test CA" in response.body  # the trusted CA's CN
+    assert b"enrollment link" in response.body  # what to ask for, not "the README"
+    assert b"README" not in response.body
     assert b"<script" not in response.body.lower()
     assert len(upstream.requests) == before
 

@@ -55,11 +55,13 @@ Nothing is wrong with your connection.</p>
 </ul>
 <h2>What to do</h2>
 <ol>
-<li>Ask the person who runs this site for a certificate for this device
-(a <code>.p12</code> file and its password).</li>
-<li>Install it in this browser or device, then close and reopen the browser
-and load this page again.</li>
-<li>On Android or iOS, follow the steps for phones in the certgate README.</li>
+<li>Ask the person who runs this site for a certificate for this device:
+an enrollment link (a QR code) and its PIN, or a <code>.p12</code> file and
+its password.</li>
+<li>On a phone or tablet, open the enrollment link on that device and follow
+its steps for your system; elsewhere, install the <code>.p12</code> in this
+browser or device.</li>
+<li>Close and reopen the browser, then load this page again.</li>
 </ol>
 </body>
 </html>
