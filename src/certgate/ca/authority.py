@@ -276,8 +276,7 @@ class CertificateAuthority:
     def issuing_not_after(self) -> datetime:
         """When the CA certificate that signs new certificates expires: no
         certificate it issues runs longer (profiles cap leaves at it)."""
-        return x509.load_pem_x509_certificate(
-            self.issuing_cert_path.read_bytes()).not_valid_after_utc
+        return issuance.issuing_not_after(self.layout)
 
     def served_server_files(self, hosts: Sequence[str]) -> tuple[Path, Path] | None:
         """(fullchain, key) of the certificate :meth:`ensure_server_certificate`

@@ -380,6 +380,13 @@ def covers(sans: Sequence[str], host: str) -> bool:
     return str(wanted_ip) in sans
 
 
+def issuing_not_after(layout: CALayout) -> datetime:
+    """When the CA certificate that signs new certificates expires: nothing it
+    issues runs longer (profiles cap leaves at it). Raises OSError or
+    ValueError for a missing or unreadable certificate."""
+    return x509.load_pem_x509_certificate(layout.issuing_cert.read_bytes()).not_valid_after_utc
+
+
 def reusable_server(s: Session, hosts: Sequence[str], min_left: timedelta) -> CertRecord | None:
     """The newest stored server certificate for exactly ``hosts`` with time to
     spare, or one that already runs until the issuing CA's own end: a new
@@ -387,8 +394,7 @@ def reusable_server(s: Session, hosts: Sequence[str], min_left: timedelta) -> Ce
     not-after), so an imported CA with under ``min_left`` to live would
     otherwise get a new server certificate at every start and every hour."""
     try:
-        issuer_end: datetime | None = x509.load_pem_x509_certificate(
-            s.layout.issuing_cert.read_bytes()).not_valid_after_utc
+        issuer_end: datetime | None = issuing_not_after(s.layout)
     except (OSError, ValueError):
         issuer_end = None
     return newest_server(s.store.certificates(), s.layout, hosts, s.now, min_left,

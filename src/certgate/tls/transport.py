@@ -70,10 +70,10 @@ READS_PER_WAKE = 16
 JOIN_LIMIT = 256 * 1024
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
-#: How long ``close()`` waits for queued bytes to leave before it aborts: a
-#: client that never reads advertises a zero window, which the kernel
-#: probes forever (uvloop's TLS layer had the same bound, its
-#: ssl_shutdown_timeout).
+#: How long ``close()`` waits, with queued bytes and a socket that never once
+#: becomes writable, before it aborts: a client that never reads advertises a
+#: zero window, which the kernel probes forever (uvloop's TLS layer bounded
+#: the whole close the same way, its ssl_shutdown_timeout).
 CLOSE_FLUSH_SECONDS = 30.0
 
 
