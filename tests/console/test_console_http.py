@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+
+from certgate.console import guard
 
 from .conftest import CONSOLE_HOST, Console, issue, wait_for_roles
 from support.clients import Connection
@@ -276,10 +280,16 @@ def test_several_workers_share_the_csrf_secret(tmp_path) -> None:  # type: ignor
         console = Console(env, issue(env, "root-admin", "admin"),
                           issue(env, "kid-tablet", "family"))
         wait_for_roles(console, console.admin, in_a_row=12)  # every worker knows the role
-        tokens = {console.csrf() for _ in range(12)}  # new connections: both workers
-        assert len(tokens) == 1
-        (token,) = tokens
-        for role in ("a", "b", "c", "d"):  # each POST on a new connection too
+        tokens = [console.csrf() for _ in range(12)]  # new connections: both workers
+        # A token carries its page's second, so two may differ in that; every
+        # one must be signed with the one secret in the state directory.
+        secret = guard.load_secret(env.state)
+        cert = x509.load_pem_x509_certificate(console.admin[0].read_bytes())
+        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+        assert all(guard.check_token(secret, fingerprint, token, time.time()).ok
+                   for token in tokens), tokens
+        for role, token in zip(("a", "b", "c", "d"), tokens[::3], strict=True):
+            # each POST on a new connection too, with a token from any worker
             answer = console.post("/devices/kid-tablet/roles",
                                   {"role": role, "action": "add", "csrf": token})
             assert answer.status_code == 303, answer.text
